@@ -1,0 +1,219 @@
+"""Speed of sctopic's ORA and preranked GSEA against all GO-BP human sets, and gseapy on the same job.
+
+Job: 100 topics x 5,000 genes, every GO-BP human set with 5..500 genes among those genes,
+1,000 permutations. Topics are real-data derived: NMF (scikit-learn, 100 components,
+nndsvda init, 100 iterations) of log-normalised pbmc3k restricted to its 5,000 most
+variable genes; each component row plus a floor of 1e-6 times its mean, scaled to sum 1,
+is one topic's beta (the floor keeps all weights positive like softmax betas; genes at the
+floor tie and keep input order). NMF time is not counted.
+
+gseapy (Rust backend) takes about 1.5 min per topic for this job, so it is timed on
+``--gseapy-topics`` topics (default 1) and extrapolated linearly to all topics (stated in
+the output). Run from the repository root:
+
+    python benchmarks/bench_enrichment.py            # ~3-4 minutes on 2 cores
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA = Path(os.environ.get("SCTOPIC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def _timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def make_topics(n_topics: int, n_hvg: int, seed: int = 0) -> tuple[np.ndarray, list[str], float]:
+    """NMF topics of log-normalised pbmc3k HVGs (see module docstring)."""
+    import anndata as ad
+    import scanpy as sc
+    from sklearn.decomposition import NMF
+
+    adata = ad.read_h5ad(DATA / "pbmc3k_seurat_labels.h5ad")
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.pp.highly_variable_genes(adata, n_top_genes=n_hvg)
+    adata = adata[:, adata.var["highly_variable"]].copy()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at 100 iterations is expected
+        nmf = NMF(n_topics, init="nndsvda", max_iter=100, random_state=seed).fit(adata.X)
+    h = nmf.components_
+    h = h + 1e-6 * h.mean(axis=1, keepdims=True)
+    beta = h / h.sum(axis=1, keepdims=True)
+    return beta, list(map(str, adata.var_names)), time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--topics", type=int, default=100)
+    ap.add_argument("--genes", type=int, default=5000)
+    ap.add_argument("--permutations", type=int, default=1000)
+    ap.add_argument("--gseapy-topics", type=int, default=1, help="0 skips gseapy")
+    ap.add_argument("--out", type=Path, default=RESULTS / "enrichment_speed")
+    args = ap.parse_args(argv)
+
+    import scipy.stats as ss
+
+    import sctopic.genesets as gs
+
+    load_before = os.getloadavg()
+    beta, genes, t_nmf = make_topics(args.topics, args.genes)
+    print(f"topics: NMF {beta.shape[0]} x {beta.shape[1]} in {t_nmf:.1f}s (not counted)", flush=True)
+
+    lib, t_load = _timed(gs.load, "go_bp_human")
+    matched, t_match = _timed(lib.match, genes)
+    print(matched.report, flush=True)
+    n_perm = args.permutations
+    times: dict[str, float] = {"load_go_bp_human": t_load, "match": t_match}
+
+    _, times["ora"] = _timed(gs.ora, beta, genes, matched, top_n=10)
+    _, times["ora_without_gene_lists"] = _timed(gs.ora, beta, genes, matched, top_n=10, with_genes=False)
+    print(f"ORA: {times['ora']:.2f}s", flush=True)
+    exact, times["gsea_exact_1_thread"] = _timed(gs.gsea, beta, genes, matched, permutations=n_perm, seed=0)
+    print(f"GSEA exact, 1 thread: {times['gsea_exact_1_thread']:.1f}s", flush=True)
+    again, times["gsea_exact_2_threads"] = _timed(
+        gs.gsea, beta, genes, matched, permutations=n_perm, seed=0, n_jobs=2
+    )
+    print(f"GSEA exact, 2 threads: {times['gsea_exact_2_threads']:.1f}s", flush=True)
+    pd.testing.assert_frame_equal(exact, again)  # threads do not change results
+    approx, times["gsea_size_grid_1.1_1_thread"] = _timed(
+        gs.gsea, beta, genes, matched, permutations=n_perm, seed=0, size_grid=1.1
+    )
+    print(f"GSEA size_grid=1.1, 1 thread: {times['gsea_size_grid_1.1_1_thread']:.1f}s", flush=True)
+    key = ["topic", "set"]
+    e, a = exact.set_index(key).sort_index(), approx.set_index(key).sort_index()
+    approx_agreement = {
+        "spearman_p": float(ss.spearmanr(e["p"], a["p"])[0]),
+        "spearman_nes": float(ss.spearmanr(e["statistic"], a["statistic"], nan_policy="omit")[0]),
+        "max_abs_p_diff": float(np.abs(e["p"] - a["p"]).max()),
+        "significant_pairs_fdr_0.05_exact": int((e["fdr"] < 0.05).sum()),
+        "significant_pairs_fdr_0.05_approx": int((a["fdr"] < 0.05).sum()),
+    }
+
+    gseapy_info: dict = {"run": False}
+    if args.gseapy_topics > 0:
+        try:
+            import gseapy
+        except ImportError:
+            gseapy_info["reason"] = "gseapy not installed"
+        else:
+            sets = lib.to_dict()
+            per_topic, agree = [], []
+            for k in range(args.gseapy_topics):
+                rnk = pd.Series(beta[k], index=genes).sort_values(ascending=False)
+                res, t = _timed(
+                    gseapy.prerank, rnk=rnk, gene_sets=sets, permutation_num=n_perm, seed=k,
+                    min_size=5, max_size=500, outdir=None, threads=1, verbose=False,
+                )
+                per_topic.append(t)
+                ref = res.res2d.set_index("Term")
+                ours = e.loc[k].join(ref, how="inner")
+                agree.append({
+                    "topic": k,
+                    "sets_compared": int(len(ours)),
+                    "max_abs_es_diff": float(np.abs(ours["es"] - ours["ES"].astype(float)).max()),
+                    "spearman_nes": float(ss.spearmanr(ours["statistic"], ours["NES"].astype(float), nan_policy="omit")[0]),
+                    "spearman_nominal_p": float(ss.spearmanr(ours["p"], ours["NOM p-val"].astype(float))[0]),
+                })
+                print(f"gseapy topic {k}: {t:.1f}s; {agree[-1]}", flush=True)
+            mean_t = float(np.mean(per_topic))
+            gseapy_info = {
+                "run": True,
+                "version": gseapy.__version__,
+                "threads": 1,
+                "topics_timed": args.gseapy_topics,
+                "seconds_per_topic": per_topic,
+                "extrapolated_seconds_all_topics": mean_t * beta.shape[0],
+                "note": f"timed on {args.gseapy_topics} topic(s), extrapolated linearly to {beta.shape[0]}",
+                "agreement_with_sctopic": agree,
+            }
+            times["gseapy_prerank_extrapolated"] = gseapy_info["extrapolated_seconds_all_topics"]
+
+    ratios = {
+        "gseapy_over_sctopic_gsea_1_thread": times.get("gseapy_prerank_extrapolated", np.nan) / times["gsea_exact_1_thread"],
+        "gseapy_over_sctopic_gsea_2_threads": times.get("gseapy_prerank_extrapolated", np.nan) / times["gsea_exact_2_threads"],
+        "exact_over_size_grid_1.1": times["gsea_exact_1_thread"] / times["gsea_size_grid_1.1_1_thread"],
+        "gsea_1_over_2_threads": times["gsea_exact_1_thread"] / times["gsea_exact_2_threads"],
+    }
+    sizes = matched.sizes
+    result = {
+        "job": {
+            "data": "pbmc3k (10x, 2,638 cells), log-normalised, top HVGs",
+            "topics": "NMF components (sklearn, nndsvda, 100 iterations), floor 1e-6*mean, rows sum 1",
+            "n_topics": int(beta.shape[0]),
+            "n_genes": int(beta.shape[1]),
+            "library": "go_bp_human (bundled, 7,853 sets)",
+            "sets_tested": int(len(matched)),
+            "distinct_set_sizes": int(np.unique(sizes).size),
+            "permutations": n_perm,
+            "ora_top_n": 10,
+            "nmf_seconds_not_counted": round(t_nmf, 2),
+        },
+        "seconds": {k: round(float(v), 3) for k, v in times.items()},
+        "ratios": {k: round(float(v), 2) for k, v in ratios.items()},
+        "size_grid_vs_exact": approx_agreement,
+        "gseapy": gseapy_info,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            "platform": platform.platform(),
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(_markdown(result))
+    print(json.dumps(result["seconds"], indent=2))
+    print(json.dumps(result["ratios"], indent=2))
+    return 0
+
+
+def _markdown(r: dict) -> str:
+    j, s, g = r["job"], r["seconds"], r["gseapy"]
+    lines = [
+        "# Enrichment speed (sctopic.genesets vs gseapy)",
+        "",
+        f"Job: {j['n_topics']} topics x {j['n_genes']:,} genes ({j['topics']}; {j['data']}), "
+        f"{j['library']} -> {j['sets_tested']:,} sets with 5..500 genes in the data "
+        f"({j['distinct_set_sizes']} distinct sizes), {j['permutations']:,} permutations, "
+        f"ORA top {j['ora_top_n']} genes.",
+        f"Machine: {r['machine']['cpus']} CPUs, shared (load average before/after: "
+        f"{r['machine']['load_average_before'][0]} / {r['machine']['load_average_after'][0]}).",
+        "",
+        "| step | seconds |",
+        "|---|---:|",
+    ]
+    lines += [f"| {k} | {v:,.2f} |" for k, v in s.items()]
+    lines += ["", "| ratio | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:,.1f} |" for k, v in r["ratios"].items()]
+    lines += ["", f"Approximate mode (size_grid=1.1) vs exact: {r['size_grid_vs_exact']}", ""]
+    if g.get("run"):
+        lines.append(
+            f"gseapy {g['version']} prerank (threads=1): {', '.join(f'{t:.1f}' for t in g['seconds_per_topic'])} s "
+            f"per topic; {g['note']}: {g['extrapolated_seconds_all_topics']:,.0f} s. "
+            f"Agreement with sctopic on the timed topics: {g['agreement_with_sctopic']}."
+        )
+    else:
+        lines.append(f"gseapy not run ({g.get('reason', 'skipped')}).")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

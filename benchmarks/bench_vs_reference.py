@@ -1,0 +1,474 @@
+"""sctopic against the authors' packages, in one run: scE2TM (sce2tm 1.2.3) and scETM (scetm 0.5.0).
+
+Runs in the project environment (``/work/main/.venv``); the reference packages run in their
+own environments, made by ``benchmarks/setup_reference_envs.sh``::
+
+    bash benchmarks/setup_reference_envs.sh                 # once
+    .venv/bin/python benchmarks/bench_vs_reference.py --dataset pbmc3k --epochs 200
+    .venv/bin/python benchmarks/bench_vs_reference.py --dataset kang8
+    .venv/bin/python benchmarks/bench_vs_reference.py --dataset pbmc3k --epochs 5   # smoke run
+
+Data (the issue's protocol):
+
+* ``pbmc3k``: ``pbmc3k_seurat_labels.h5ad`` (2,638 cells), 5,000 highly variable genes
+  (log1p of library-normalised counts, scanpy ``highly_variable_genes`` flavour "seurat",
+  via ``sctopic.data.select_genes``), raw counts kept;
+* ``kang8``: ``kang2018_pbmc_ctrl_8donors.h5ad`` (12,261 cells), all 1,287 genes;
+* external view standing in for scGPT: a 512-d ``TruncatedSVD`` (scikit-learn, randomised,
+  ``random_state=seed``) of the log-normalised expression of the selected genes,
+  ``obsm["X_svd512"]``.
+
+Every contender runs in its own subprocess (so peak RSS is per contender and comparable),
+with the same thread settings (``torch.set_num_threads(T)`` and ``OMP/MKL/OPENBLAS/NUMBA``
+= T, default T = 2), 100 topics, E epochs:
+
+* ``sce2tm``: ``benchmarks/reference/run_sce2tm.py`` in ``benchmarks/envs/sce2tm``, batch 512;
+* ``scetm``:  ``benchmarks/reference/run_scetm.py`` in ``benchmarks/envs/scetm``, batch 2000
+  (scETM's default; ``--scetm-batch-size`` to change);
+* ``sctopic``: ``benchmarks/reference/run_sctopic.py`` in this environment, batch 512.
+
+Each writes theta, the topic logits and the topic-gene matrix; this script then scores them
+all the same way: Leiden on a k = 15 kNN graph of theta over resolutions 0.1..2.0, ARI/NMI at
+the best-ARI resolution (ORACLE: chosen with the labels, the scE2TM paper's protocol) and at
+the fixed resolution 1.0 (label-free); the same on the logits; topic diversity of the top-10
+genes (distinct / (K*10) and exclusive / (K*10)); interpretability purity; seconds per
+epoch, cells per second, peak RSS; and ratios sctopic vs each reference.
+
+Results: ``benchmarks/results/vs_reference_<dataset>.json`` and ``.md`` (a run with a
+non-default epoch count gets the suffix ``_e<E>`` so it never overwrites the real one).
+Intermediate files: ``benchmarks/work/<dataset>_s<seed>/`` (git-ignored).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+REF = HERE / "reference"
+ENVS = HERE / "envs"
+DATA = Path(os.environ.get("SCTOPIC_SHARED_DATA", "/work/shared/data"))
+DEFAULT_EPOCHS = 200
+
+DATASETS = {
+    "pbmc3k": {"file": "pbmc3k_seurat_labels.h5ad", "n_top_genes": 5000, "label_key": "cell_type"},
+    "kang8": {"file": "kang2018_pbmc_ctrl_8donors.h5ad", "n_top_genes": 0, "label_key": "cell_type"},
+}
+
+CONTENDERS = ("sce2tm", "scetm", "sctopic")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="pbmc3k")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n-topics", type=int, default=100)
+    p.add_argument("--n-top-genes", type=int, default=None,
+                   help="override the dataset's gene selection (0 = all genes)")
+    p.add_argument("--skip-reference", action="store_true",
+                   help="run only sctopic; reuse reference outputs of an earlier run with the "
+                        "same dataset/seed/epochs when present")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help="comma-separated subset of " + ",".join(CONTENDERS))
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse any contender output already in the work dir for these settings")
+    p.add_argument("--scetm-batch-size", type=int, default=2000)
+    p.add_argument("--work-dir", default=str(HERE / "work"))
+    p.add_argument("--results-dir", default=str(HERE / "results"))
+    p.add_argument("--timeout", type=float, default=None, help="seconds per contender")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- data
+def _log_normalize(X):
+    import scipy.sparse as sp
+
+    try:
+        from sctopic.data.counts import log_normalize
+
+        return log_normalize(X)
+    except ImportError:  # pragma: no cover - before the package had it
+        X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+        lib = np.asarray(X.sum(axis=1)).ravel()
+        lib[lib == 0] = 1.0
+        X = sp.diags((1e4 / lib).astype(np.float32)) @ X
+        X.data = np.log1p(X.data)
+        return sp.csr_matrix(X)
+
+
+def _select_genes(adata, n_top_genes: int):
+    """sctopic.data.select_genes when available, else the same recipe locally."""
+    if n_top_genes == 0 or n_top_genes >= adata.n_vars:
+        return adata, "all genes"
+    try:
+        import sctopic.data as sd
+
+        fn = getattr(sd, "select_genes", None)
+        if fn is None:
+            from sctopic.data.counts import select_genes as fn
+        return fn(adata, n_top_genes=n_top_genes), "sctopic.data.select_genes(flavor='seurat')"
+    except ImportError:  # pragma: no cover
+        import anndata as ad
+        import scanpy as sc
+
+        tmp = ad.AnnData(X=_log_normalize(adata.X), obs=adata.obs[[]], var=adata.var[[]])
+        sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, flavor="seurat")
+        return adata[:, tmp.var["highly_variable"].to_numpy()].copy(), "local scanpy seurat HVG"
+
+
+def prepare(dataset: str, seed: int, work: Path, n_top_genes: int | None = None) -> tuple[Path, dict]:
+    """Write ``work/input.npz`` (+ ``prep.json``); reuse it when the settings match."""
+    import anndata as ad
+    import scipy.sparse as sp
+    from sklearn.decomposition import TruncatedSVD
+
+    spec = DATASETS[dataset]
+    ntg = spec["n_top_genes"] if n_top_genes is None else n_top_genes
+    work.mkdir(parents=True, exist_ok=True)
+    npz, meta_path = work / "input.npz", work / "prep.json"
+    want = {"dataset": dataset, "file": str(DATA / spec["file"]), "seed": seed, "n_top_genes": ntg,
+            "svd_dims": 512}
+    if npz.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if all(meta.get(k) == v for k, v in want.items()):
+            return npz, meta
+
+    t0 = time.perf_counter()
+    adata = ad.read_h5ad(DATA / spec["file"])
+    adata.X = sp.csr_matrix(adata.X)
+    sel, how = _select_genes(adata, ntg)
+    X = sp.csr_matrix(sel.X)
+    if X.dtype.kind == "f" and not np.allclose(X.data, np.round(X.data)):
+        raise ValueError("expected raw integer counts")
+    keep = np.asarray(X.sum(axis=1)).ravel() > 0
+    if not keep.all():
+        print(f"[prepare] dropping {int((~keep).sum())} cells with no counts in the selected genes")
+        sel = sel[keep].copy()
+        X = sp.csr_matrix(sel.X)
+    n_comp = int(min(512, min(X.shape) - 1))
+    svd = TruncatedSVD(n_components=n_comp, algorithm="randomized", random_state=seed)
+    emb = svd.fit_transform(_log_normalize(X)).astype(np.float32)
+    if n_comp < 512:  # the reference cluster head is hard-wired to 512 inputs
+        emb = np.hstack([emb, np.zeros((emb.shape[0], 512 - n_comp), np.float32)])
+    labels = sel.obs[spec["label_key"]].astype(str).to_numpy()
+    X = X.astype(np.int32)
+    np.savez(
+        npz,
+        X_data=X.data, X_indices=X.indices.astype(np.int32), X_indptr=X.indptr.astype(np.int64),
+        X_shape=np.array(X.shape, dtype=np.int64), embedding=emb,
+        genes=np.array([str(g) for g in sel.var_names], dtype=str),
+        cells=np.array([str(c) for c in sel.obs_names], dtype=str),
+        labels=np.array([str(x) for x in labels], dtype=str),
+    )
+    meta = dict(want)
+    meta.update({
+        "n_cells": int(X.shape[0]), "n_genes": int(X.shape[1]), "gene_selection": how,
+        "n_labels": int(len(set(labels))),
+        "svd_explained_variance_ratio_sum": float(svd.explained_variance_ratio_.sum()),
+        "svd_input": "log1p(counts / library * 1e4) of the selected genes",
+        "seconds": time.perf_counter() - t0,
+    })
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return npz, meta
+
+
+# ----------------------------------------------------------------------------- running
+def contender_cmd(name: str, args, npz: Path, out: Path) -> list[str]:
+    common = ["--input", str(npz), "--out", str(out), "--epochs", str(args.epochs),
+              "--seed", str(args.seed), "--threads", str(args.threads),
+              "--n-topics", str(args.n_topics)]
+    if name == "sce2tm":
+        return [str(ENVS / "sce2tm" / "bin" / "python"), str(REF / "run_sce2tm.py"), *common,
+                "--batch-size", "512", "--quiet"]
+    if name == "scetm":
+        return [str(ENVS / "scetm" / "bin" / "python"), str(REF / "run_scetm.py"), *common,
+                "--batch-size", str(args.scetm_batch_size)]
+    if name == "sctopic":
+        return [sys.executable, str(REF / "run_sctopic.py"), *common, "--batch-size", "512"]
+    raise ValueError(name)
+
+
+def run_contender(name: str, args, npz: Path, out: Path, reuse: bool) -> dict | None:
+    tfile = out / "timings.json"
+    if reuse and tfile.exists():
+        t = json.loads(tfile.read_text())
+        if t.get("epochs") == args.epochs and t.get("seed") == args.seed:
+            t["reused_from_earlier_run"] = True
+            print(f"[{name}] reusing {tfile}")
+            return t
+    if name in ("sce2tm", "scetm") and not (ENVS / name / "bin" / "python").exists():
+        print(f"[{name}] environment missing: run benchmarks/setup_reference_envs.sh", file=sys.stderr)
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    if tfile.exists():
+        tfile.unlink()  # never mistake an old result for this run's
+    cmd = contender_cmd(name, args, npz, out)
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = str(args.threads)
+    env.pop("PYTHONPATH", None)
+    print(f"[{name}] {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    with open(out / "stdout.log", "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(out),
+                              timeout=args.timeout)
+    wall = time.perf_counter() - t0
+    tail = (out / "stdout.log").read_text().splitlines()[-15:]
+    if proc.returncode != 0 or not tfile.exists():
+        print(f"[{name}] FAILED (exit {proc.returncode}); last lines:\n  " + "\n  ".join(tail),
+              file=sys.stderr)
+        return None
+    print("  " + (tail[-1] if tail else ""), flush=True)
+    t = json.loads(tfile.read_text())
+    t["process_wall_seconds"] = wall
+    return t
+
+
+# ----------------------------------------------------------------------------- scoring
+def _cluster_sweep(emb, labels, seed: int = 0) -> dict:
+    try:
+        from sctopic.metrics import cluster_sweep
+
+        r = cluster_sweep(emb, labels, k=15, seed=seed)
+        r.pop("table", None)
+        r["implementation"] = "sctopic.metrics.cluster_sweep"
+        return r
+    except ImportError:  # pragma: no cover - fallback before sctopic.metrics existed
+        import anndata as ad
+        import scanpy as sc
+        from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+        a = ad.AnnData(np.asarray(emb, dtype=np.float32))
+        sc.pp.neighbors(a, n_neighbors=15, use_rep="X", transformer="sklearn", random_state=seed)
+        best = None
+        for r in [round(0.1 * i, 1) for i in range(1, 21)]:
+            sc.tl.leiden(a, resolution=r, random_state=seed, flavor="igraph", n_iterations=-1)
+            ari = adjusted_rand_score(labels, a.obs["leiden"])
+            if best is None or ari > best[0]:
+                best = (ari, normalized_mutual_info_score(labels, a.obs["leiden"]), r)
+        return {"ari_oracle": best[0], "nmi_oracle": best[1], "resolution_oracle": best[2],
+                "implementation": "local scanpy leiden sweep"}
+
+
+def _td(topic_gene) -> tuple[float, float]:
+    try:
+        from sctopic.metrics import topic_diversity, topic_diversity_exclusive
+
+        return topic_diversity(topic_gene, 10), topic_diversity_exclusive(topic_gene, 10)
+    except ImportError:  # pragma: no cover
+        top = np.argsort(-np.asarray(topic_gene), axis=1)[:, :10]
+        _, c = np.unique(top, return_counts=True)
+        return c.size / top.size, (c == 1).sum() / top.size
+
+
+def _purity(theta, labels):
+    try:
+        from sctopic.metrics import interpretability_purity
+
+        return float(interpretability_purity(theta, labels))
+    except ImportError:  # pragma: no cover
+        from sklearn.metrics.cluster import contingency_matrix
+
+        cm = contingency_matrix(labels, np.argmax(theta, axis=1))
+        return float(cm.max(axis=0).sum() / cm.sum())
+
+
+def score(out: Path, labels, seed: int) -> dict:
+    res: dict = {}
+    theta = np.load(out / "theta.npy")
+    tg = np.load(out / "topic_gene.npy")
+    s = _cluster_sweep(theta, labels, seed)
+    res["theta"] = {k: s.get(k) for k in ("ari_oracle", "nmi_oracle", "resolution_oracle",
+                                          "n_clusters_oracle", "ari_fixed", "nmi_fixed",
+                                          "n_clusters_fixed", "implementation")}
+    if (out / "logits.npy").exists():
+        s = _cluster_sweep(np.load(out / "logits.npy"), labels, seed)
+        res["logits"] = {k: s.get(k) for k in ("ari_oracle", "nmi_oracle", "resolution_oracle",
+                                               "n_clusters_oracle", "ari_fixed", "nmi_fixed",
+                                               "n_clusters_fixed")}
+    td, tdx = _td(tg)
+    res["topic_diversity"] = td
+    res["topic_diversity_exclusive"] = tdx
+    res["interpretability_purity"] = _purity(theta, labels)
+    res["n_topics_used"] = int(np.unique(np.argmax(theta, axis=1)).size)
+    return res
+
+
+TIMING_KEYS = ("train_seconds", "seconds_per_epoch_mean", "seconds_per_epoch_median",
+               "seconds_per_epoch_first140", "seconds_per_epoch_after140",
+               "seconds_per_epoch_mean_excl_first", "cells_per_second", "peak_rss_mb",
+               "setup_seconds", "batch_size", "epochs", "process_wall_seconds")
+
+
+def ratios(rows: dict) -> dict:
+    out = {}
+    s = rows.get("sctopic")
+    if not s:
+        return out
+    for ref in ("sce2tm", "scetm"):
+        r = rows.get(ref)
+        if not r:
+            continue
+
+        def div(a, b):
+            return None if a in (None, 0) or b in (None, 0) else a / b
+
+        out[f"sctopic_vs_{ref}"] = {
+            "speedup_seconds_per_epoch": div(r["seconds_per_epoch_mean"], s["seconds_per_epoch_mean"]),
+            "speedup_cells_per_second": div(s["cells_per_second"], r["cells_per_second"]),
+            "speedup_train_seconds": div(r["train_seconds"], s["train_seconds"]),
+            "peak_rss_ratio": div(s["peak_rss_mb"], r["peak_rss_mb"]),
+            "ari_oracle_ratio": div(s["theta"]["ari_oracle"], r["theta"]["ari_oracle"]),
+            "ari_oracle_diff": s["theta"]["ari_oracle"] - r["theta"]["ari_oracle"],
+            "nmi_oracle_diff": s["theta"]["nmi_oracle"] - r["theta"]["nmi_oracle"],
+            "td_ratio": div(s["topic_diversity"], r["topic_diversity"]),
+            "td_exclusive_ratio": div(s["topic_diversity_exclusive"], r["topic_diversity_exclusive"]),
+        }
+    return out
+
+
+def _f(x, nd=3):
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def markdown(report: dict) -> str:
+    p, rows = report["prep"], report["contenders"]
+    L = [f"# sctopic vs reference packages: {report['dataset']}", "",
+         f"{p['n_cells']} cells x {p['n_genes']} genes ({p['gene_selection']}), "
+         f"{report['n_topics']} topics, {report['epochs']} epochs, seed {report['seed']}, "
+         f"{report['threads']} threads per contender, external view: 512-d TruncatedSVD of "
+         "log-normalised expression (stand-in for scGPT).", "",
+         f"Run {report['started']}, {report['machine']}.", "",
+         "| contender | batch | s/epoch (mean) | first 140 | after 140 | cells/s | train s | setup s "
+         "| peak RSS MiB | ARI oracle | NMI oracle | ARI res 1.0 | ARI logits (oracle) | TD | TD excl | IP |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in CONTENDERS:
+        r = rows.get(name)
+        if not r:
+            L.append(f"| {name} | (not run / failed) |" + " |" * 14)
+            continue
+        th, lg = r["theta"], r.get("logits") or {}
+        L.append("| " + " | ".join([
+            name + (" (reused)" if r.get("reused_from_earlier_run") else ""), _f(r.get("batch_size")),
+            _f(r["seconds_per_epoch_mean"]), _f(r.get("seconds_per_epoch_first140")),
+            _f(r.get("seconds_per_epoch_after140")), _f(r["cells_per_second"], 0),
+            _f(r["train_seconds"], 1), _f(r.get("setup_seconds"), 1), _f(r["peak_rss_mb"], 0),
+            _f(th["ari_oracle"]), _f(th["nmi_oracle"]), _f(th.get("ari_fixed")),
+            _f(lg.get("ari_oracle")), _f(r["topic_diversity"]), _f(r["topic_diversity_exclusive"]),
+            _f(r["interpretability_purity"]),
+        ]) + " |")
+    if report.get("ratios"):
+        L += ["", "Ratios (sctopic vs reference; speedup > 1 means sctopic is faster):", "",
+              "| pair | speedup s/epoch | speedup cells/s | speedup train s | RSS ratio | ARI ratio "
+              "| ARI diff | NMI diff | TD ratio | TD excl ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for pair, q in report["ratios"].items():
+            L.append("| " + " | ".join([pair] + [_f(q[k]) for k in (
+                "speedup_seconds_per_epoch", "speedup_cells_per_second", "speedup_train_seconds",
+                "peak_rss_ratio", "ari_oracle_ratio", "ari_oracle_diff", "nmi_oracle_diff",
+                "td_ratio", "td_exclusive_ratio")]) + " |")
+    L += ["", "Notes:", "",
+          "- ARI/NMI oracle: Leiden on a k=15 kNN graph of theta, best-ARI resolution in 0.1..2.0 "
+          "(chosen WITH the labels, the scE2TM paper's protocol); 'ARI res 1.0' is label-free.",
+          "- theta for sce2tm is softmax of what the package saves as its cell-topic matrix (the "
+          "batch-normalised encoder mean); 'ARI logits' clusters that saved matrix itself.",
+          "- TD = distinct top-10 genes / (K*10); TD excl = genes in exactly one topic's top-10 / (K*10). "
+          "IP = purity of argmax topic vs cell type.",
+          "- Training seconds exclude data loading, kNN/graph building and the packages' periodic "
+          "evaluation (setup s is reported separately). Peak RSS is the whole contender process "
+          "(resource.getrusage ru_maxrss).",
+          "- The machine's 2 cores are shared with other work: timings carry noise of that order.",
+          "- scETM counts an epoch as n_cells/batch_size steps of its resampling stream (batch 2000 "
+          "by default); sce2tm and sctopic use batch 512."]
+    for name in CONTENDERS:
+        r = rows.get(name)
+        if r and r.get("shims"):
+            L.append(f"- {name} shims: " + "; ".join(r["shims"]) + ".")
+    sink = (rows.get("sce2tm") or {}).get("sinkhorn_iterations_per_epoch_mean")
+    if sink:
+        idx = sorted({0, len(sink) // 4, len(sink) // 2, 3 * len(sink) // 4, len(sink) - 1})
+        L.append("- sce2tm Sinkhorn iterations per step (epoch: mean): " +
+                 ", ".join(f"{i + 1}: {sink[i]:.0f}" for i in idx) + ".")
+    ns = (rows.get("sce2tm") or {}).get("neighbour_sampling")
+    if ns:
+        L.append("- sce2tm neighbour sampling: " + "; ".join(
+            f"{v}: {d['cells_with_only_self']} cells can only sample themselves, "
+            f"P(sample = self) averages {d['p_sample_self_mean']:.2f}" for v, d in ns.items()) + ".")
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    names = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    bad = set(names) - set(CONTENDERS)
+    if bad:
+        raise SystemExit(f"unknown contenders: {sorted(bad)}")
+    work = Path(args.work_dir) / f"{args.dataset}_s{args.seed}"
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    npz, prep = prepare(args.dataset, args.seed, work, args.n_top_genes)
+    print(f"[prepare] {prep['n_cells']} cells x {prep['n_genes']} genes -> {npz}", flush=True)
+    labels = [str(x) for x in np.load(npz, allow_pickle=False)["labels"]]
+
+    rows: dict = {}
+    for name in names:
+        out = work / f"{name}_e{args.epochs}_t{args.n_topics}"
+        is_ref = name != "sctopic"
+        if is_ref and args.skip_reference:
+            t = run_contender(name, args, npz, out, reuse=True) if (out / "timings.json").exists() else None
+            if t is None:
+                print(f"[{name}] skipped (--skip-reference, no earlier output)")
+                continue
+        else:
+            t = run_contender(name, args, npz, out, reuse=args.reuse)
+        if t is None:
+            continue
+        row = {k: t.get(k) for k in TIMING_KEYS}
+        row.update({k: t[k] for k in ("shims", "sinkhorn_iterations_per_epoch_mean",
+                                      "neighbour_sampling", "reused_from_earlier_run", "env",
+                                      "outputs", "notes") if k in t})
+        row["epoch_seconds"] = t.get("epoch_seconds")
+        t_s = time.perf_counter()
+        row.update(score(out, labels, args.seed))
+        row["scoring_seconds"] = time.perf_counter() - t_s
+        rows[name] = row
+        print(f"[{name}] {row['seconds_per_epoch_mean']:.3f} s/epoch, ARI(oracle) "
+              f"{row['theta']['ari_oracle']:.3f}, TD {row['topic_diversity']:.3f}/"
+              f"{row['topic_diversity_exclusive']:.3f}, peak RSS {row['peak_rss_mb']:.0f} MiB", flush=True)
+
+    import platform
+
+    report = {
+        "dataset": args.dataset, "epochs": args.epochs, "seed": args.seed, "threads": args.threads,
+        "n_topics": args.n_topics, "started": started,
+        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.platform()}",
+        "prep": prep, "contenders": rows, "ratios": ratios(rows),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    res_dir = Path(args.results_dir)
+    res_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.epochs == DEFAULT_EPOCHS else f"_e{args.epochs}"
+    stem = res_dir / f"vs_reference_{args.dataset}{suffix}"
+    for path, text in ((stem.with_suffix(".json"), json.dumps(report, indent=1, default=str)),
+                       (stem.with_suffix(".md"), markdown(report))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    print(markdown(report))
+    print(f"wrote {stem}.json and {stem}.md")
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Train the authors' scETM (PyPI ``scetm`` 0.5.0) on a prepared input and time it.
+
+Runs INSIDE ``benchmarks/envs/scetm`` (see ``benchmarks/setup_reference_envs.sh``)::
+
+    benchmarks/envs/scetm/bin/python benchmarks/reference/run_scetm.py \
+        --input benchmarks/work/pbmc3k_s0/input.npz --out benchmarks/work/pbmc3k_s0/scetm \
+        --epochs 200 --seed 0
+
+Driven as the package's README does: ``scETM(n_genes, n_batches)`` and
+``UnsupervisedTrainer(model, adata).train(...)``, with the package defaults (hidden (128,),
+gene-embedding dim 400, batch norm, dropout 0.1, library-normalised input and loss, Adam
+lr 5e-3 decayed by exp(-6e-5) per step, KL weight warmed up to 1e-7 over the first third,
+batch size 2000, 4 sampler threads) except ``n_topics=100`` (the benchmark's K; the package
+default is 50).  No batch covariate is given (``n_batches=1``), as sctopic's SCE2TM is run
+without one; ``--batch-key batch`` turns on scETM's batch bias.
+
+scETM counts epochs in steps: one step = one minibatch of ``batch_size`` cells drawn from a
+reshuffled stream, ``epoch = step * batch_size / n_cells`` (fractional).  ``--epochs E``
+runs until ``epoch >= E``, i.e. ``ceil(E * n_cells / batch_size)`` steps.  Per-epoch
+seconds are taken from per-step timestamps at integer epoch crossings.
+
+Shims: none are needed for training on torch 2.13 (its trainer uses no ``verbose=``
+scheduler).  ``eval=False`` skips the package's periodic Leiden/UMAP evaluation (not
+training); nothing is checkpointed (``ckpt_dir=None``).
+
+Outputs in ``--out``: ``theta.npy`` (softmax of the encoder mean, as scETM's own eval-mode
+``theta``), ``logits.npy`` (``delta`` = encoder mean, what scETM clusters on by default),
+``topic_gene.npy`` (``alpha @ rho``, K x V, unnormalised; ``topic_gene_softmax.npy`` is its
+softmax over genes, the per-topic gene distribution), ``timings.json``, ``train.log``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n-topics", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=2000, help="scETM's default is 2000")
+    p.add_argument("--n-samplers", type=int, default=4, help="scETM's default is 4 threads")
+    p.add_argument("--batch-key", default=None, help="obs column to use as scETM batch (default none)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    C.pin_threads_env(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+    import torch
+
+    C.pin_torch_threads(args.threads)
+    data = C.load_input(args.input)
+    n_cells, n_genes = data["X"].shape
+    obs = pd.DataFrame({"cell_types": data["labels"]}, index=data["cells"])
+    # scETM tests isinstance(adata.X, scipy.sparse.spmatrix): keep a csr_matrix, not csr_array
+    adata = ad.AnnData(X=sp.csr_matrix(data["X"]), obs=obs, var=pd.DataFrame(index=data["genes"]))
+    n_batches = 1
+    if args.batch_key:
+        raise SystemExit("--batch-key needs a batch column in input.npz; not wired yet")
+
+    log_path = out / "train.log"
+    logfh = open(log_path, "w")
+    handler = logging.StreamHandler(logfh)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s - %(name)s: %(message)s"))
+
+    with contextlib.redirect_stdout(logfh):
+        from scETM import UnsupervisedTrainer, scETM
+
+        lg = logging.getLogger("scETM")
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.addHandler(handler)
+
+        t_setup0 = time.perf_counter()
+        model = scETM(adata.n_vars, n_batches, n_topics=args.n_topics, device=torch.device("cpu"))
+        trainer = UnsupervisedTrainer(model, adata, batch_size=args.batch_size, seed=args.seed)
+        setup_seconds = time.perf_counter() - t_setup0
+
+        # per-step clock: wrap the model's train_step (called once per minibatch)
+        stamps: list[tuple[float, float]] = []  # (time after step, epoch after step)
+        _train_step = model.train_step
+
+        def timed_train_step(*a, **k):
+            rec = _train_step(*a, **k)
+            stamps.append((time.perf_counter(), (trainer.step + 1) / trainer.steps_per_epoch))
+            return rec
+
+        model.train_step = timed_train_step
+        rss_before_train = C.current_rss_mb()
+        peak_before_train = C.peak_rss_mb()
+        t_train0 = time.perf_counter()
+        trainer.train(
+            n_epochs=args.epochs, eval=False, save_model_ckpt=False, n_samplers=args.n_samplers,
+            eval_every=args.epochs,
+        )
+        t_train1 = time.perf_counter()
+        peak_after_train = C.peak_rss_mb()
+
+        t_inf0 = time.perf_counter()
+        embs, _ = model.get_cell_embeddings_and_nll(
+            adata, batch_size=args.batch_size, emb_names=["delta", "theta"], inplace=False
+        )
+        infer_seconds = time.perf_counter() - t_inf0
+        with torch.no_grad():
+            beta = (model.alpha @ model.rho).detach().cpu().numpy()
+    logfh.close()
+
+    train_seconds = t_train1 - t_train0
+    # per-epoch seconds from the first step ending at or after each integer epoch
+    times = np.array([t for t, _ in stamps])
+    epochs_at = np.array([e for _, e in stamps])
+    edges = [t_train0]
+    for e in range(1, args.epochs + 1):
+        j = int(np.searchsorted(epochs_at, e - 1e-9))
+        edges.append(times[min(j, len(times) - 1)])
+    epoch_secs = list(np.diff(edges))
+
+    C.save_npy(out / "logits.npy", embs["delta"].astype(np.float32))
+    C.save_npy(out / "theta.npy", embs["theta"].astype(np.float32))
+    C.save_npy(out / "topic_gene.npy", beta.astype(np.float32))
+    C.save_npy(out / "topic_gene_softmax.npy", C.softmax_rows(beta))
+
+    timings = {
+        "contender": "scetm",
+        "n_cells": n_cells,
+        "n_genes": n_genes,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "n_topics": args.n_topics,
+        "seed": args.seed,
+        "threads": args.threads,
+        "n_samplers": args.n_samplers,
+        "n_steps": len(stamps),
+        "steps_per_epoch": n_cells / args.batch_size,
+        "train_seconds": train_seconds,
+        "seconds_per_step_mean": float(np.mean(np.diff([t_train0] + list(times)))) if stamps else None,
+        "setup_seconds": setup_seconds,
+        "inference_seconds": infer_seconds,
+        "epoch_seconds": epoch_secs,
+        **C.epoch_summary(epoch_secs),
+        "cells_per_second": len(stamps) * args.batch_size / train_seconds,
+        "peak_rss_mb": C.peak_rss_mb(),
+        "peak_rss_mb_before_train": peak_before_train,
+        "peak_rss_mb_after_train": peak_after_train,
+        "rss_mb_before_train": rss_before_train,
+        "outputs": {
+            "theta.npy": "softmax of the encoder mean (scETM eval-mode theta)",
+            "logits.npy": "delta = encoder mean mu (scETM's default clustering input)",
+            "topic_gene.npy": "alpha @ rho, K x V, unnormalised logits",
+            "topic_gene_softmax.npy": "softmax over genes of alpha @ rho (per-topic distribution)",
+        },
+        "shims": [],
+        "env": C.environment(["scetm", "numpy", "scipy", "pandas", "scanpy", "anndata"]),
+    }
+    C.save_json(out / "timings.json", timings)
+    print(f"[scetm] {args.epochs} epochs ({len(stamps)} steps of {args.batch_size}) in "
+          f"{train_seconds:.1f} s ({timings['seconds_per_epoch_mean']:.3f} s/epoch), "
+          f"peak RSS {timings['peak_rss_mb']:.0f} MiB -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""CLI command modules, one per sub-command; see :mod:`sctopic.cli`."""

@@ -1,0 +1,132 @@
+"""Reading and writing gene-set files in GMT format (plain text or gzip).
+
+A GMT line is ``name <TAB> description <TAB> gene <TAB> gene ...``. Files ending in
+``.gz`` are (de)compressed transparently.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+from sctopic.errors import InputError
+from sctopic.genesets.library import GeneSetLibrary
+
+PathLike = str | os.PathLike
+
+
+def _open_text(path: Path, mode: str):
+    if path.suffix == ".gz":
+        if "w" in mode:
+            # mtime=0 keeps the compressed bytes reproducible from run to run.
+            raw = open(path, "wb")
+            gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+            return _ClosingWrapper(io.TextIOWrapper(gz, encoding="utf-8", newline="\n"), raw)
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, mode, encoding="utf-8", newline="\n" if "w" in mode else None)
+
+
+class _ClosingWrapper:
+    """Text stream that also closes the underlying raw file (GzipFile does not)."""
+
+    def __init__(self, text: io.TextIOWrapper, raw) -> None:
+        self._text, self._raw = text, raw
+
+    def __enter__(self):
+        return self._text
+
+    def __exit__(self, *exc) -> None:
+        self._text.close()
+        self._raw.close()
+
+
+def iter_gmt(path: PathLike) -> Iterator[tuple[str, str, list[str]]]:
+    """Yield ``(name, description, genes)`` for each set of a GMT file.
+
+    Blank lines and lines starting with ``#`` are skipped; gene fields are stripped,
+    empty ones dropped and duplicates within a set removed (first occurrence kept).
+
+    Raises
+    ------
+    InputError
+        If a line has no set name or the same set name occurs twice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"gene-set file {str(path)!r} does not exist")
+    seen: set[str] = set()
+    try:
+        with _open_text(path, "r") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                line = line.rstrip("\r\n")
+                if not line.strip() or line.startswith("#"):
+                    continue
+                fields = line.split("\t")
+                name = fields[0].strip()
+                if not name:
+                    raise InputError(f"{path}: line {lineno} has no gene-set name")
+                if name in seen:
+                    raise InputError(f"{path}: gene set {name!r} occurs twice (line {lineno})")
+                seen.add(name)
+                desc = fields[1].strip() if len(fields) > 1 else ""
+                genes = list(dict.fromkeys(g.strip() for g in fields[2:] if g.strip()))
+                yield name, desc, genes
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
+        raise InputError(f"{path} is not a readable GMT text file ({exc})") from exc
+
+
+def read_gmt(path: PathLike, name: str | None = None) -> GeneSetLibrary:
+    """Read a GMT file (plain or ``.gz``) into a :class:`GeneSetLibrary`.
+
+    Parameters
+    ----------
+    path
+        File to read.
+    name
+        Library name used in reports; defaults to the file name without extensions.
+    """
+    path = Path(path)
+    records = list(iter_gmt(path))
+    if not records:
+        raise InputError(f"gene-set file {str(path)!r} contains no gene sets")
+    if name is None:
+        name = path.name.split(".gmt")[0] if ".gmt" in path.name else path.stem
+    return GeneSetLibrary.from_records(records, name=name)
+
+
+def write_gmt(
+    library: GeneSetLibrary | Mapping[str, Sequence[str]],
+    path: PathLike,
+    descriptions: Mapping[str, str] | None = None,
+) -> Path:
+    """Write gene sets to a GMT file (gzip-compressed if ``path`` ends in ``.gz``).
+
+    Parameters
+    ----------
+    library
+        A :class:`GeneSetLibrary` or a mapping ``set name -> genes``.
+    path
+        Output file.
+    descriptions
+        For a mapping: optional ``set name -> description`` (``na`` where missing).
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    path = Path(path)
+    if isinstance(library, GeneSetLibrary):
+        records: Iterable[tuple[str, str, Sequence[str]]] = library.records()
+    else:
+        descriptions = descriptions or {}
+        records = ((k, descriptions.get(k, "na"), v) for k, v in library.items())
+    with _open_text(path, "w") as fh:
+        for name, desc, genes in records:
+            for field in (name, desc, *genes):
+                if "\t" in field or "\n" in field:
+                    raise InputError(f"gene set {name!r}: field {field!r} contains a tab or newline")
+            fh.write("\t".join([name, desc or "na", *genes]) + "\n")
+    return path

@@ -1,0 +1,295 @@
+"""Shared machinery of the user-facing topic models: data preparation, outputs, save/load.
+
+A model holds a pure-torch ``module`` (``sctopic.nn``) and the AnnData-facing logic here,
+following scvi-tools' split between ``module`` and ``model``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from sctopic.data.counts import drop_empty, get_counts, select_genes
+from sctopic.data.io import read_adata
+from sctopic.data.validate import nonzero_masks
+from sctopic.errors import InputError, SctopicError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "sctopic-model"
+FORMAT_VERSION = 1
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device | None = None):
+    """Seed torch's global generators inside the block and restore them afterwards.
+
+    Weight initialisation, dropout and the reparameterisation noise draw from torch's global
+    generator; forking it keeps a fitted model reproducible without changing the caller's
+    random state.
+    """
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class BaseTopicModel:
+    """Base class of the topic models: holds data, genes, the torch module and outputs.
+
+    Subclasses define :attr:`model_name`, :meth:`_make_module` and :meth:`train`.
+    """
+
+    model_name: ClassVar[str] = "topicmodel"
+
+    # ------------------------------------------------------------------ data
+    def _setup_data(self, adata, layer: str | None, n_top_genes: int | None) -> None:
+        adata = read_adata(adata)
+        if getattr(adata, "isbacked", False):
+            adata = adata.to_memory()
+        self.adata = adata
+        self.layer = layer
+        data = select_genes(adata, n_top_genes, layer) if n_top_genes else adata
+        X = get_counts(data, layer)
+        cells, genes = nonzero_masks(X)
+        if not genes.all():
+            warnings.warn(
+                f"dropping {int((~genes).sum())} of {len(genes)} genes with zero counts from the "
+                "model (they carry no information).", UserWarning, stacklevel=3,
+            )
+            X = X[:, genes]
+        if cells.sum() < 2:
+            raise InputError("fewer than 2 cells have non-zero counts; nothing to train on.")
+        if not cells.all():
+            warnings.warn(
+                f"{int((~cells).sum())} of {len(cells)} cells have zero counts over the model's "
+                "genes; they are left out of training (their outputs are still computed).",
+                UserWarning, stacklevel=3,
+            )
+        self.genes: list[str] = [str(g) for g in data.var_names[genes]]
+        self._X = sp.csr_matrix(X)
+        self._train_cells = np.flatnonzero(cells)
+
+    def _aligned_counts(self, adata: ad.AnnData, layer: str | None, allow_missing_genes: bool) -> sp.csr_matrix:
+        """Counts of ``adata`` over the model's genes, in the model's order."""
+        names = pd.Index(adata.var_names.astype(str))
+        if not names.is_unique:
+            raise InputError("the data have duplicate gene names; run adata.var_names_make_unique().")
+        pos = names.get_indexer(self.genes)
+        missing = int((pos < 0).sum())
+        if missing:
+            frac = missing / len(self.genes)
+            eg = ", ".join(g for g, p in zip(self.genes, pos) if p < 0)[:200]
+            if not allow_missing_genes:
+                raise InputError(
+                    f"{missing} of the model's {len(self.genes)} genes ({frac:.1%}) are missing from "
+                    f"the data (e.g. {eg}). Use data with the same genes, or pass "
+                    "allow_missing_genes=True to fill them with zeros."
+                )
+            warnings.warn(
+                f"{missing} of the model's {len(self.genes)} genes ({frac:.1%}) are missing from "
+                "the data and are filled with zeros.", UserWarning, stacklevel=3,
+            )
+        X = get_counts(adata, layer)
+        present = np.flatnonzero(pos >= 0)
+        # A 0/1 selection matrix maps data columns to model columns in one sparse product.
+        S = sp.csr_matrix(
+            (np.ones(len(present), np.float32), (pos[present], present)),
+            shape=(X.shape[1], len(self.genes)),
+        )
+        return sp.csr_matrix(X @ S)
+
+    # ------------------------------------------------------------------ outputs
+    @property
+    def n_topics(self) -> int:
+        return int(self._init_kwargs["n_topics"])
+
+    @property
+    def topic_names(self) -> list[str]:
+        return [f"topic_{k}" for k in range(self.n_topics)]
+
+    def _check_trained(self) -> None:
+        if not getattr(self, "is_trained_", False):
+            raise SctopicError(f"the {type(self).__name__} model is not trained yet; call .train() first.")
+
+    def get_topic_gene(self) -> pd.DataFrame:
+        """Topic-gene matrix beta as a DataFrame, topics x genes (each gene's column sums to 1)."""
+        beta = self._beta().detach().cpu().numpy()
+        return pd.DataFrame(beta, index=self.topic_names, columns=self.genes)
+
+    # Alias in the scverse spirit of DESIGN.md 2.3.
+    def topic_gene_frame(self) -> pd.DataFrame:
+        """Same as :meth:`get_topic_gene`."""
+        return self.get_topic_gene()
+
+    def top_genes(self, n: int = 10) -> pd.DataFrame:
+        """The ``n`` highest-weighted genes of each topic: rows topics, columns ranks 1..n."""
+        beta = self._beta().detach().cpu().numpy()
+        n = int(min(n, beta.shape[1]))
+        order = np.argsort(-beta, axis=1, kind="stable")[:, :n]
+        names = np.asarray(self.genes, dtype=object)[order]
+        return pd.DataFrame(names, index=self.topic_names, columns=[f"gene_{r + 1}" for r in range(n)])
+
+    def write_results(self, adata: ad.AnnData | None = None, key_added: str | None = None,
+                      layer: str | None = None, allow_missing_genes: bool = False) -> ad.AnnData:
+        """Write outputs into ``adata`` (default: the training data) following scverse conventions.
+
+        Writes ``obsm['X_<key>']`` (theta, rows sum to 1), ``obsm['X_<key>_logits']`` (the topic
+        logits delta, posterior means), ``varm['<key>_gene_embedding']`` and
+        ``varm['<key>_topic_gene']`` (genes the model does not use get NaN rows), and
+        ``uns['<key>']`` with ``topic_gene`` (K x V over ``uns['<key>']['genes']``),
+        ``topic_embedding``, ``genes``, ``topic_names`` and ``params`` (a JSON string);
+        ``uns['sctopic']['model']`` names the key.
+        """
+        self._check_trained()
+        key = key_added or self.model_name
+        target = self.adata if adata is None else adata
+        logits = self.get_cell_topics(adata, logits=True, layer=layer,
+                                      allow_missing_genes=allow_missing_genes)
+        target.obsm[f"X_{key}_logits"] = logits
+        target.obsm[f"X_{key}"] = _softmax(logits)
+        beta = self._beta().detach().cpu().numpy()
+        gene_emb = self._gene_embedding()
+        pos = pd.Index(target.var_names.astype(str)).get_indexer(self.genes)
+        ok = pos >= 0
+        if gene_emb is not None:
+            ge = np.full((target.n_vars, gene_emb.shape[1]), np.nan, dtype=np.float32)
+            ge[pos[ok]] = gene_emb[ok]
+            target.varm[f"{key}_gene_embedding"] = ge
+        tg = np.full((target.n_vars, beta.shape[0]), np.nan, dtype=np.float32)
+        tg[pos[ok]] = beta.T[ok]
+        target.varm[f"{key}_topic_gene"] = tg
+        uns = {
+            "topic_gene": beta.astype(np.float32),
+            "genes": np.asarray(self.genes, dtype=object),
+            "topic_names": np.asarray(self.topic_names, dtype=object),
+            "params": json.dumps(self._init_kwargs, sort_keys=True),
+        }
+        topic_emb = self._topic_embedding()
+        if topic_emb is not None:
+            uns["topic_embedding"] = topic_emb
+        target.uns[key] = uns
+        target.uns["sctopic"] = {"model": key}
+        return target
+
+    # ------------------------------------------------------------------ save / load
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "class": type(self).__name__,
+            "init": self._init_kwargs,
+            "genes": self.genes,
+            "extra": self._extra_meta(),
+            "history": getattr(self, "history_", {}),
+            "is_trained": bool(getattr(self, "is_trained_", False)),
+        }
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {}
+
+    def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
+        """Save the model to one file: tensors plus plain JSON metadata (no pickled objects).
+
+        The file is written under a temporary name and renamed, so an interrupted save never
+        leaves a truncated model behind.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise InputError(f"{path} exists; pass overwrite=True to replace it.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+        payload = {"meta": json.dumps(self._meta()), "state_dict": state}
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, adata=None, layer: str | None = None,
+             device: str = "cpu"):
+        """Load a model saved with :meth:`save`.
+
+        The file is read with ``torch.load(weights_only=True)``, which refuses pickled code.
+        With ``adata``, the model is attached to it; its genes must contain the model's genes
+        (they are aligned by name).
+        """
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"no such model file: {path}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling refused or not a torch file
+            raise InputError(
+                f"{path} is not an sctopic model file or contains objects that are not plain "
+                f"tensors (refused for safety): {str(exc).splitlines()[0][:200]}"
+            ) from exc
+        if not isinstance(payload, dict) or "meta" not in payload or "state_dict" not in payload:
+            raise InputError(f"{path} is not an sctopic model file.")
+        meta = json.loads(payload["meta"])
+        if meta.get("format") != FORMAT:
+            raise InputError(f"{path} is not an sctopic model file.")
+        if meta["class"] != cls.__name__:
+            raise InputError(f"{path} holds a {meta['class']} model; load it with sctopic.{meta['class']}.load.")
+        self = cls.__new__(cls)
+        self._init_kwargs = meta["init"]
+        self.genes = list(meta["genes"])
+        self.history_ = meta.get("history", {})
+        self.is_trained_ = bool(meta.get("is_trained", False))
+        self._restore_extra(meta.get("extra", {}))
+        self.module = self._make_module()
+        self.module.load_state_dict(payload["state_dict"])
+        self.module.eval()
+        self.device = torch.device(device)
+        self.module.to(self.device)
+        self.adata, self.layer, self._X, self._train_cells = None, layer, None, None
+        if adata is not None:
+            adata = read_adata(adata)
+            self.adata = adata
+            self._X = self._aligned_counts(adata, layer, allow_missing_genes=False)
+            self._train_cells = np.arange(adata.n_obs)
+        return self
+
+    def _restore_extra(self, extra: dict[str, Any]) -> None:
+        pass
+
+    # Hooks for subclasses.
+    def _make_module(self) -> torch.nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _beta(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _gene_embedding(self) -> np.ndarray | None:
+        return None
+
+    def _topic_embedding(self) -> np.ndarray | None:
+        return None
+
+    def get_cell_topics(self, adata=None, logits: bool = False, **kw) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# drop_empty is re-exported for users who want to clean data themselves.
+__all__ = ["BaseTopicModel", "drop_empty", "seeded"]

@@ -1,0 +1,332 @@
+"""User-facing scE2TM model (Chen et al., arXiv 2507.08355)."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import torch
+
+from sctopic.data.counts import pca_embedding
+from sctopic.data.graphs import build_graph
+from sctopic.data.io import read_adata
+from sctopic.data.loader import RowStore, batch_indices, sample_neighbours
+from sctopic.errors import InputError
+from sctopic.external import resolve_view
+from sctopic.models.base import BaseTopicModel, seeded
+from sctopic.nn.sce2tm import SCE2TMModule
+from sctopic.train import Trainer, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+class SCE2TM(BaseTopicModel):
+    """scE2TM: embedded topic model with Embedding Clustering Regularization and a Cross-view Encoder.
+
+    Topic-gene matrix ``beta_km = softmax_k(-||g_m - t_k||^2 / tau)`` from gene and topic
+    embeddings; ECR (entropic OT of genes onto topics) keeps topics apart; the Cross-view Encoder
+    aligns the cell-topic head with a cluster head on an external cell view through mutual-
+    nearest-neighbour distillation.
+
+    Parameters
+    ----------
+    adata
+        AnnData (or path to ``.h5ad``) with raw counts in ``X`` or ``layer``.
+    n_topics
+        Number of topics K.
+    layer
+        Layer holding raw counts (``None``: ``X``).
+    external_key
+        External view: an ``adata.obsm`` key (any width; e.g. an scGPT embedding), ``"pca"``
+        (default when ``None``: 50 PCs of log-normalised expression, which makes the CVE a
+        self-distillation; see :mod:`sctopic.external.views`) or ``"random"``.
+    n_top_genes
+        Keep this many highly variable genes (``None`` or 0: all genes of ``adata``).
+    n_hidden, emb_dim, tau, dropout
+        Encoder width (200), embedding width L (200), beta temperature (0.2), dropout (0).
+    encoder_input
+        ``"counts"`` (the reference) or ``"log1p"`` (library-normalised log1p).
+    cross_view
+        Use the Cross-view Encoder (``False``: the "w/o CVE" ablation).
+    external_concat
+        Concatenate the external view to the encoder input instead of CVE (the "w/ EC" ablation).
+    ecr_weight
+        Weight lambda of ECR (100 as in the reference configuration; 0: "w/o ECR").
+    ecr_eps, ecr_grad
+        Sinkhorn regularisation (0.05) and gradient mode (``"envelope"`` or ``"unrolled"``).
+    entropy_weight, temperature
+        alpha of the entropy regulariser (5) and contrastive temperature (0.5).
+    n_neighbors
+        k of the kNN graphs (15).
+    seed
+        Seed for the initial weights (training has its own ``seed``).
+    """
+
+    model_name = "sce2tm"
+
+    def __init__(
+        self,
+        adata: ad.AnnData | str,
+        n_topics: int = 100,
+        layer: str | None = None,
+        external_key: str | None = None,
+        *,
+        n_top_genes: int | None = None,
+        n_hidden: int = 200,
+        emb_dim: int = 200,
+        tau: float = 0.2,
+        dropout: float = 0.0,
+        encoder_input: str = "counts",
+        cross_view: bool = True,
+        external_concat: bool = False,
+        ecr_weight: float = 100.0,
+        ecr_eps: float = 0.05,
+        ecr_grad: str = "envelope",
+        entropy_weight: float = 5.0,
+        temperature: float = 0.5,
+        n_neighbors: int = 15,
+        seed: int = 0,
+    ):
+        if int(n_topics) < 2:
+            raise InputError(f"n_topics must be at least 2, got {n_topics}.")
+        if ecr_weight < 0:
+            raise InputError(f"ecr_weight must be >= 0, got {ecr_weight}.")
+        if cross_view and external_concat:
+            raise InputError("cross_view=True and external_concat=True are alternatives; set cross_view=False for 'w/ EC'.")
+        if ecr_grad not in {"envelope", "unrolled"}:
+            raise InputError(f"ecr_grad must be 'envelope' or 'unrolled', got {ecr_grad!r}.")
+        self._setup_data(adata, layer, n_top_genes)
+        self._pca = None
+        self.external_ = None
+        if cross_view or external_concat:
+            obs_adata = self.adata
+            self._pca = pca_embedding(self._X, 50, seed) if external_key in (None, "pca") or cross_view else None
+            self.external_ = resolve_view(obs_adata, external_key, self._X, seed=seed, pca=self._pca)
+        self._init_kwargs: dict[str, Any] = dict(
+            n_topics=int(n_topics), layer=layer,
+            external_key=None if self.external_ is None else self.external_.name,
+            n_top_genes=n_top_genes, n_hidden=n_hidden, emb_dim=emb_dim, tau=tau, dropout=dropout,
+            encoder_input=encoder_input, cross_view=bool(cross_view),
+            external_concat=bool(external_concat), ecr_weight=float(ecr_weight), ecr_eps=ecr_eps,
+            ecr_grad=ecr_grad, entropy_weight=entropy_weight, temperature=temperature,
+            n_neighbors=int(n_neighbors), seed=int(seed),
+            n_external=0 if self.external_ is None else int(self.external_.matrix.shape[1]),
+        )
+        with seeded(seed):
+            self.module = self._make_module()
+        self.device = torch.device("cpu")
+        self.is_trained_ = False
+        self.history_: dict[str, list[float]] = {}
+        self.graph_stats_: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------ module
+    def _make_module(self) -> SCE2TMModule:
+        k = self._init_kwargs
+        return SCE2TMModule(
+            n_genes=len(self.genes), n_topics=k["n_topics"], n_external=k["n_external"],
+            n_hidden=k["n_hidden"], emb_dim=k["emb_dim"], tau=k["tau"], dropout=k["dropout"],
+            encoder_input=k["encoder_input"], cross_view=k["cross_view"],
+            external_concat=k["external_concat"], ecr_eps=k["ecr_eps"], ecr_grad=k["ecr_grad"],
+            entropy_weight=k["entropy_weight"], temperature=k["temperature"],
+        )
+
+    def _beta(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.module.decoder.beta()
+
+    def _gene_embedding(self) -> np.ndarray:
+        return self.module.decoder.gene_embedding.detach().cpu().numpy()
+
+    def _topic_embedding(self) -> np.ndarray:
+        return self.module.decoder.topic_embedding.detach().cpu().numpy()
+
+    def __repr__(self) -> str:
+        k = self._init_kwargs
+        state = "trained" if self.is_trained_ else "untrained"
+        return (f"SCE2TM({len(self.genes)} genes, {k['n_topics']} topics, external="
+                f"{k['external_key']!r}, cross_view={k['cross_view']}, ecr_weight={k['ecr_weight']}; {state})")
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int = 500,
+        batch_size: int = 512,
+        lr: float = 1e-3,
+        device: str = "auto",
+        seed: int = 0,
+        progress: bool = True,
+        lr_step_epochs: int | None = -1,
+        optimizer: str = "rmsprop",
+        storage: str = "auto",
+        write_results: bool = True,
+    ) -> "SCE2TM":
+        """Train the model.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the cells (500 in the paper).
+        batch_size
+            Cells per minibatch (512).
+        lr
+            Learning rate of RMSprop (1e-3).
+        device
+            ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda[:N]"``.
+        seed
+            Seed of minibatch order, neighbour sampling and noise: the same seed gives the same
+            model on the same machine.
+        progress
+            Show a progress bar.
+        lr_step_epochs
+            Halve the learning rate every this many epochs; ``-1`` (default) uses a quarter of
+            ``max_epochs`` (the paper halves every 125 of 500 epochs); ``None`` keeps it constant.
+        optimizer
+            ``"rmsprop"`` (paper), ``"adam"`` or ``"adamw"``.
+        storage
+            How the counts are held on the device: ``"auto"``, ``"dense"`` or ``"csr"``.
+        write_results
+            Write the outputs into the training AnnData when done (see :meth:`write_results`).
+        """
+        if self._X is None:
+            raise InputError("this model has no training data attached; load it with adata=... first.")
+        if max_epochs < 1 or batch_size < 2:
+            raise InputError("max_epochs must be >= 1 and batch_size >= 2.")
+        k = self._init_kwargs
+        dev = resolve_device(device)
+        self.device = dev
+        t_start = time.perf_counter()
+        cells = self._train_cells
+        X = self._X[cells]
+        n = X.shape[0]
+        store = RowStore(X, dev, storage=storage)
+        view = None
+        if self.external_ is not None:
+            view = torch.as_tensor(self.external_.matrix[cells], device=dev)
+        graphs = {}
+        if k["cross_view"]:
+            t0 = time.perf_counter()
+            expr_rep = self._pca[cells]
+            g_expr = build_graph(expr_rep, k=k["n_neighbors"], seed=seed)
+            if self.external_.name == "pca":
+                g_ext = g_expr  # the same representation: build once
+            else:
+                g_ext = build_graph(self.external_.matrix[cells], k=k["n_neighbors"], seed=seed)
+            self.graph_stats_ = {"expression": g_expr.stats, "external": g_ext.stats,
+                                 "seconds": time.perf_counter() - t0}
+            for name, g in (("expr", g_expr), ("ext", g_ext)):
+                graphs[name] = (torch.as_tensor(g.neighbours, device=dev),
+                                torch.as_tensor(g.degree, device=dev))
+        self.module.to(dev)
+        gen = torch.Generator().manual_seed(int(seed))
+        step = lr_step_epochs
+        if step == -1:
+            step = max(1, max_epochs // 4)
+        trainer = Trainer(self.module, lr=lr, optimizer=optimizer, lr_step_epochs=step)
+
+        def epoch_batches(epoch: int):
+            for idx in batch_indices(n, batch_size, True, gen, dev):
+                batch = {"x": store.rows(idx)}
+                if k["cross_view"]:
+                    nb_x = sample_neighbours(*graphs["expr"], idx, gen)
+                    nb_v = sample_neighbours(*graphs["ext"], idx, gen)
+                    batch.update(x_nb=store.rows(nb_x), v=view.index_select(0, idx),
+                                 v_nb=view.index_select(0, nb_v))
+                elif k["external_concat"]:
+                    batch["v"] = view.index_select(0, idx)
+                yield idx.shape[0], batch
+
+        ecr = self.module.ecr
+        extra = (lambda: {"sinkhorn_iterations": float(ecr.last_iterations)}) if k["ecr_weight"] > 0 else None
+        with seeded(seed, dev):
+            history = trainer.fit(epoch_batches, max_epochs, step_kwargs={"ecr_weight": k["ecr_weight"]},
+                                  progress=progress, extra_stats=extra)
+        self.module.eval()
+        self.history_ = {key: [float(v) for v in vals] for key, vals in history.items()}
+        self.train_seconds_ = time.perf_counter() - t_start
+        self.is_trained_ = True
+        self.train_settings_ = dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
+                                    device=str(dev), seed=seed, lr_step_epochs=step,
+                                    optimizer=optimizer, n_cells=int(n))
+        if write_results and self.adata is not None:
+            self.write_results()
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def get_cell_topics(
+        self,
+        adata: ad.AnnData | str | None = None,
+        logits: bool = False,
+        layer: str | None = None,
+        batch_size: int = 4096,
+        allow_missing_genes: bool = False,
+    ) -> np.ndarray:
+        """Cell-topic proportions theta (rows sum to 1), or the topic logits delta.
+
+        Parameters
+        ----------
+        adata
+            ``None`` for the training data, or new cells (genes aligned by name).
+        logits
+            Return the posterior-mean logits delta instead of theta = softmax(delta).
+        layer
+            Layer of ``adata`` with raw counts (default: the training layer).
+        batch_size
+            Cells per inference batch.
+        allow_missing_genes
+            Fill model genes absent from ``adata`` with zeros (with a warning) instead of failing.
+        """
+        self._check_trained()
+        k = self._init_kwargs
+        if adata is None:
+            if self._X is None:
+                raise InputError("no data attached; pass adata=...")
+            X, data = self._X, self.adata
+        else:
+            data = read_adata(adata)
+            X = self._aligned_counts(data, layer if layer is not None else self.layer, allow_missing_genes)
+        view = None
+        if k["external_concat"]:
+            view = self._external_for(data, adata is None)
+        self.module.eval()
+        dev = self.device
+        store = RowStore(X, dev, storage="csr")
+        out = []
+        for idx in batch_indices(X.shape[0], batch_size, False, None, dev):
+            v = None if view is None else torch.as_tensor(view[idx.cpu().numpy()], device=dev)
+            out.append(self.module.infer(store.rows(idx), v).cpu())
+        delta = torch.cat(out).numpy().astype(np.float32)
+        if logits:
+            return delta
+        return torch.softmax(torch.from_numpy(delta), dim=1).numpy()
+
+    def _external_for(self, data: ad.AnnData, is_training_data: bool) -> np.ndarray:
+        if is_training_data and self.external_ is not None:
+            return self.external_.matrix
+        key = self._init_kwargs["external_key"]
+        if key in (None, "pca", "random", "array") or key not in data.obsm:
+            raise InputError(
+                "this model concatenates an external view to its input (external_concat=True); "
+                f"new data need the same view in adata.obsm[{key!r}] (built-in views cannot be "
+                "transferred to new cells)."
+            )
+        from sctopic.data.validate import check_embedding
+
+        mat = check_embedding(data.obsm[key], data.obs_names, f"adata.obsm[{key!r}]")
+        if mat.shape[1] != self._init_kwargs["n_external"]:
+            raise InputError(
+                f"adata.obsm[{key!r}] has {mat.shape[1]} columns; the model was trained with "
+                f"{self._init_kwargs['n_external']}."
+            )
+        return mat
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {"graph_stats": self.graph_stats_,
+                "train_settings": getattr(self, "train_settings_", {})}
+
+    def _restore_extra(self, extra: dict[str, Any]) -> None:
+        self.graph_stats_ = extra.get("graph_stats", {})
+        self.train_settings_ = extra.get("train_settings", {})
+        self.external_ = None
+        self._pca = None

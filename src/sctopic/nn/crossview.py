@@ -1,0 +1,49 @@
+"""Losses of scE2TM's Cross-view Encoder (CVE).
+
+The topic head ``theta`` (B x K, from expression) and the cluster head ``phi`` (B x K, from the
+external view) are aligned by
+
+* :func:`consistency_loss` (L_CON): a cell agrees with itself across views,
+  ``-mean_i log(theta_i . phi_i)``;
+* :func:`cluster_contrastive_loss` (L_NEI, applied between a cell in one view and a sampled
+  mutual neighbour in the other view, both directions): cluster-level contrastive loss of
+  Li et al. (2021) with temperature 0.5, where column k of one head and column k of the other
+  are positives and all other columns negatives;
+* :func:`mean_entropy` (L_REG): entropy of the batch-mean assignment, subtracted with weight
+  alpha to prevent collapse onto few topics/clusters.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_TINY = 1e-9
+
+
+def consistency_loss(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``-mean_i log(sum_k p_ik q_ik)``: binary cross-entropy of the agreement with target 1."""
+    sim = (p * q).sum(dim=1)
+    # BCE with target 1 is -log(sim); torch clamps the log at -100, as we do.
+    return -torch.clamp(torch.log(sim), min=-100.0).mean()
+
+
+def cluster_contrastive_loss(p: torch.Tensor, q: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """Cluster-level contrastive loss between assignments ``p`` and ``q`` (each ``(B, K)``).
+
+    The 2K cluster vectors (columns of ``p`` and ``q``) are L2-normalised; for each of them
+    the positive is the same cluster in the other head, the negatives the 2K - 2 others.
+    Returns the mean cross-entropy over the 2K anchors.
+    """
+    K = p.shape[1]
+    c = F.normalize(torch.cat([p.T, q.T], dim=0), dim=1)  # (2K, B)
+    sim = c @ c.T / temperature
+    # Exclude self-similarity from the softmax denominator.
+    sim = sim.masked_fill(torch.eye(2 * K, dtype=torch.bool, device=sim.device), float("-inf"))
+    target = torch.cat([torch.arange(K, 2 * K), torch.arange(0, K)]).to(sim.device)
+    return F.cross_entropy(sim, target)
+
+
+def mean_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy of the batch-mean assignment ``mean_i p_i`` (high when clusters are all used)."""
+    m = p.mean(dim=0).clamp_min(_TINY)
+    return -(m * torch.log(m)).sum()

@@ -1,0 +1,72 @@
+"""Encoders: the cell-topic encoder (expression -> logistic-normal posterior) and the cluster head."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TopicEncoder(nn.Module):
+    """MLP from a cell's expression to the posterior of its topic logits.
+
+    ``Linear -> BatchNorm -> Tanh -> Linear`` then dropout, and batch-normalised linear heads
+    for the mean ``mu`` and log-variance of the logistic-normal posterior (scE2TM's encoder).
+
+    Parameters
+    ----------
+    n_input
+        Input width (genes, plus external dimensions when the external view is concatenated).
+    n_topics
+        Number of topics K.
+    n_hidden
+        Hidden width (200 in the paper).
+    dropout
+        Dropout after the MLP (0 in the paper).
+    """
+
+    def __init__(self, n_input: int, n_topics: int, n_hidden: int = 200, dropout: float = 0.0):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(n_input, n_hidden),
+            nn.BatchNorm1d(n_hidden),
+            nn.Tanh(),
+            nn.Linear(n_hidden, n_hidden),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.mu = nn.Linear(n_hidden, n_topics)
+        self.logvar = nn.Linear(n_hidden, n_topics)
+        self.mu_bn = nn.BatchNorm1d(n_topics)
+        self.logvar_bn = nn.BatchNorm1d(n_topics)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(mu, logvar)``, each ``(B, K)``."""
+        h = self.dropout(self.mlp(x))
+        return self.mu_bn(self.mu(h)), self.logvar_bn(self.logvar(h))
+
+
+class ClusterHead(nn.Module):
+    """Cluster head of the Cross-view Encoder: external embedding -> K cluster logits.
+
+    ``Linear(d, h) -> BatchNorm -> Tanh -> Linear(h, K)`` with ``h = d`` as in the reference
+    (capped at ``max_hidden`` so very wide embeddings stay cheap).
+    """
+
+    def __init__(self, n_input: int, n_clusters: int, max_hidden: int = 512):
+        super().__init__()
+        h = int(min(n_input, max_hidden)) if n_input >= 16 else 16
+        self.net = nn.Sequential(
+            nn.Linear(n_input, h),
+            nn.BatchNorm1d(h),
+            nn.Tanh(),
+            nn.Linear(h, n_clusters),
+        )
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        """Cluster logits ``(B, K)`` (apply softmax for assignments)."""
+        return self.net(v)
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, sample: bool) -> torch.Tensor:
+    """``mu + sigma * eps`` when sampling, else ``mu``."""
+    if not sample:
+        return mu
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)

@@ -1,0 +1,167 @@
+"""The scE2TM torch module: encoder, embedded-topic decoder, ECR and the Cross-view Encoder.
+
+Pure torch: no AnnData, no training loop. :class:`sctopic.SCE2TM` wraps it for users.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sctopic.nn.crossview import cluster_contrastive_loss, consistency_loss, mean_entropy
+from sctopic.nn.decoder import EmbeddedTopicDecoder
+from sctopic.nn.encoder import ClusterHead, TopicEncoder, reparameterize
+from sctopic.nn.prior import kl_diag_gaussian, laplace_dirichlet_prior
+from sctopic.nn.sinkhorn import ECR
+
+ENCODER_INPUTS = ("counts", "log1p")
+
+
+def transform_input(x: torch.Tensor, how: str) -> torch.Tensor:
+    """Encoder input from counts: raw (``"counts"``, the reference) or ``"log1p"`` of
+    counts scaled to 10^4 per cell."""
+    if how == "counts":
+        return x
+    lib = x.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return torch.log1p(x * (1e4 / lib))
+
+
+class SCE2TMModule(nn.Module):
+    """scE2TM network and losses.
+
+    Parameters
+    ----------
+    n_genes, n_topics
+        V and K.
+    n_external
+        Width of the external view (0 when there is none).
+    n_hidden
+        Encoder hidden width (200).
+    emb_dim
+        Gene/topic embedding width L (200).
+    tau
+        Temperature of beta (0.2).
+    dropout
+        Encoder dropout (0).
+    encoder_input
+        ``"counts"`` or ``"log1p"`` (see :func:`transform_input`).
+    cross_view
+        Use the Cross-view Encoder (needs an external view).
+    external_concat
+        Concatenate the external view to the encoder input instead (the "w/ EC" ablation).
+    ecr_eps, ecr_grad
+        Sinkhorn regularisation and gradient mode (see :class:`sctopic.nn.sinkhorn.ECR`).
+    entropy_weight
+        alpha of the entropy regulariser (5).
+    temperature
+        Temperature of the cluster-level contrastive loss (0.5).
+    n_batches
+        Per-batch gene intercepts in the decoder (0: none).
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_topics: int,
+        n_external: int = 0,
+        n_hidden: int = 200,
+        emb_dim: int = 200,
+        tau: float = 0.2,
+        dropout: float = 0.0,
+        encoder_input: str = "counts",
+        cross_view: bool = True,
+        external_concat: bool = False,
+        ecr_eps: float = 0.05,
+        ecr_grad: str = "envelope",
+        entropy_weight: float = 5.0,
+        temperature: float = 0.5,
+        n_batches: int = 0,
+    ):
+        super().__init__()
+        if encoder_input not in ENCODER_INPUTS:
+            raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {encoder_input!r}")
+        if (cross_view or external_concat) and n_external <= 0:
+            raise ValueError("cross_view / external_concat need an external view (n_external > 0)")
+        if cross_view and external_concat:
+            raise ValueError("cross_view and external_concat are alternatives; choose one")
+        self.n_topics, self.encoder_input = n_topics, encoder_input
+        self.cross_view, self.external_concat = cross_view, external_concat
+        self.entropy_weight, self.temperature = float(entropy_weight), float(temperature)
+        n_in = n_genes + (n_external if external_concat else 0)
+        self.encoder = TopicEncoder(n_in, n_topics, n_hidden=n_hidden, dropout=dropout)
+        self.decoder = EmbeddedTopicDecoder(n_genes, n_topics, emb_dim=emb_dim, tau=tau, n_batches=n_batches)
+        self.cluster_head = ClusterHead(n_external, n_topics) if cross_view else None
+        self.ecr = ECR(n_topics, n_genes, eps=ecr_eps, grad=ecr_grad)
+        self.prior_mu, self.prior_var = laplace_dirichlet_prior(n_topics)
+
+    def encoder_in(self, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        h = transform_input(x, self.encoder_input)
+        if self.external_concat:
+            h = torch.cat([h, v], dim=1)
+        return h
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        """Topic logits (posterior means, ``delta``) of cells ``x``; theta is their softmax."""
+        mu, _ = self.encoder(self.encoder_in(x, v))
+        return mu
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_nb: torch.Tensor | None = None,
+        v: torch.Tensor | None = None,
+        v_nb: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+        ecr_weight: float = 0.0,
+    ) -> dict[str, torch.Tensor]:
+        """Losses for a minibatch.
+
+        Parameters
+        ----------
+        x
+            ``(B, V)`` counts of the anchor cells.
+        x_nb
+            ``(B, V)`` counts of one sampled neighbour of each anchor in the expression graph;
+            its topic head is distilled against the anchor's cluster head (needed with
+            ``cross_view``).
+        v, v_nb
+            External view of the anchors, and of one sampled neighbour of each anchor in the
+            external view's graph (distilled against the anchor's topic head).
+        batch
+            ``(B,)`` batch index per cell when the decoder has intercepts.
+        ecr_weight
+            Weight lambda of the ECR term (0 disables the Sinkhorn solve).
+        """
+        B = x.shape[0]
+        if self.cross_view:
+            # One encoder pass for anchors and neighbours together (batch norm sees both).
+            mu_all, logvar_all = self.encoder(self.encoder_in(torch.cat([x, x_nb], 0)))
+        else:
+            mu_all, logvar_all = self.encoder(self.encoder_in(x, v))
+        z = reparameterize(mu_all, logvar_all, self.training)
+        theta_all = torch.softmax(z, dim=1)
+        theta = theta_all[:B]
+        kl = kl_diag_gaussian(mu_all[:B], logvar_all[:B], self.prior_mu, self.prior_var).mean()
+
+        cost = self.decoder.cost()
+        beta = self.decoder.beta(cost)
+        logp = self.decoder(theta, beta, batch)
+        recon = -(x * logp).sum(dim=1).mean()
+        out = {"reconstruction": recon, "kl": kl}
+        loss = recon + kl
+        if ecr_weight > 0:
+            ecr = self.ecr(cost)
+            out["ecr"] = ecr
+            loss = loss + ecr_weight * ecr
+        if self.cross_view:
+            theta_nb = theta_all[B:]
+            phi_all = torch.softmax(self.cluster_head(torch.cat([v, v_nb], 0)), dim=1)
+            phi, phi_nb = phi_all[:B], phi_all[B:]
+            distill = cluster_contrastive_loss(phi, theta_nb, self.temperature) + \
+                cluster_contrastive_loss(theta, phi_nb, self.temperature)
+            con = consistency_loss(theta, phi)
+            ent = mean_entropy(theta) + mean_entropy(phi)
+            out.update(distill=distill, consistency=con, entropy=ent)
+            loss = loss + distill + con - self.entropy_weight * ent
+        out["loss"] = loss
+        return out

@@ -1,0 +1,218 @@
+"""Entropic optimal transport (Sinkhorn) and the Embedding Clustering Regularization (ECR).
+
+ECR (Wu et al., ECRTM 2023; scE2TM) transports genes (mass 1/V each) onto topics (mass 1/K
+each) with cost ``C_km = ||t_k - g_m||^2`` and entropic regularisation ``epsilon``; the loss is
+``sum(pi * C)``. Two properties matter for a fast, safe implementation:
+
+* **No underflow.** ``exp(-C/eps)`` underflows to 0 in float32 once costs exceed ~87*eps (about
+  4.4 for eps=0.05), which happens as embedding norms grow; a row of zeros then gives 0/0. We
+  iterate on dual potentials in the log domain (stabilised scaling: the potentials are absorbed
+  into the kernel, so the scaling vectors stay near 1).
+* **Cheap.** The embeddings move little between optimisation steps, so the duals of the previous
+  step are an excellent warm start: a handful of matrix-vector products usually suffices. By the
+  envelope theorem, the gradient of the entropic OT value with respect to the cost is the optimal
+  plan itself, so we treat the converged plan as a constant in the backward pass rather than
+  back-propagating through up to 1000 iterations as the reference code does
+  (``grad="unrolled"`` keeps that behaviour for comparison).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+#: Exponents are clamped to this range: exp(-80) is still a normal float32, and avoiding
+#: underflow to denormals/zero keeps the vectorised exp on its fast path (10x faster on CPU).
+_EXP_MIN, _EXP_MAX = -80.0, 50.0
+
+
+def _lse(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """log-sum-exp along ``dim`` with clamped exponents (see :data:`_EXP_MIN`)."""
+    m = x.amax(dim=dim, keepdim=True)
+    s = torch.exp((x - m).clamp_(min=_EXP_MIN)).sum(dim=dim).log()
+    return s + m.squeeze(dim)
+
+
+def _log_updates(C: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, f: torch.Tensor,
+                 g: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pair of exact log-domain Sinkhorn updates (f given g, then g given f)."""
+    f = eps * log_a - eps * _lse((g[None, :] - C) / eps, dim=1)
+    g = eps * log_b - eps * _lse((f[:, None] - C) / eps, dim=0)
+    return f, g
+
+
+def _kernel(C: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
+    """Stabilised kernel ``exp((f + g - C)/eps)`` (the plan for scalings u = v = 1)."""
+    return torch.exp(((f[:, None] + g[None, :] - C) / eps).clamp_(_EXP_MIN, _EXP_MAX))
+
+
+@torch.no_grad()
+def sinkhorn_stabilized(
+    C: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    eps: float = 0.05,
+    f: torch.Tensor | None = None,
+    g: torch.Tensor | None = None,
+    tol: float = 1e-3,
+    max_iter: int = 1000,
+    check_every: int = 5,
+    absorb_at: float = 1e4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, float]:
+    """Entropic OT plan between ``a`` (rows) and ``b`` (columns) for cost ``C``.
+
+    Log-stabilised Sinkhorn (Schmitzer 2019): the dual potentials ``f, g`` are kept in the log
+    domain and absorbed into the kernel ``exp((f + g - C)/eps)``; the scaling vectors are
+    absorbed and reset to 1 whenever they leave ``[1/absorb_at, absorb_at]``. A cold start
+    begins with one exact log-domain update, so every row and column of the kernel has an
+    entry of order one whatever the scale of ``C``.
+
+    Parameters
+    ----------
+    C
+        ``(K, V)`` cost matrix.
+    a, b
+        Marginals (positive, each summing to 1).
+    eps
+        Entropic regularisation (the kernel is ``exp(-C/eps)``).
+    f, g
+        Warm-start dual potentials (``None`` for a cold start).
+    tol
+        Stop when the L1 error of the row marginal is below ``tol`` (columns are exact).
+    max_iter
+        Maximum number of scaling iterations.
+    check_every
+        Check convergence every this many iterations.
+    absorb_at
+        Absorb the scalings into the potentials when they exceed this factor.
+
+    Returns
+    -------
+    plan, f, g, n_iter, err
+        The ``(K, V)`` plan, the dual potentials, iterations used and final row-marginal error.
+    """
+    log_a, log_b = torch.log(a), torch.log(b)
+    # Shifting each column of C by a constant changes only g, not the plan. Solving on
+    # C - min_k C keeps all magnitudes small, so float32 keeps its precision when embedding
+    # norms (and with them all costs) grow.
+    shift = C.amin(dim=0)
+    C = C - shift[None, :]
+    it = 0
+    if f is None or g is None:
+        f, g = _log_updates(C, log_a, log_b, torch.zeros_like(a), torch.zeros_like(b), eps)
+        it = 1
+    else:
+        g = g - shift
+    while True:
+        Kt = _kernel(C, f, g, eps)
+        u = torch.ones_like(a)
+        v = torch.ones_like(b)
+        absorb = False
+        while it < max_iter:
+            if (it % check_every) == 0:
+                err = float((u * (Kt @ v) - a).abs().sum())
+                if err < tol:
+                    break
+            u = a / (Kt @ v)
+            v = b / (Kt.T @ u)
+            it += 1
+            ext = torch.stack([u.max(), v.max(), 1.0 / u.min(), 1.0 / v.min()]).max()
+            if not bool(torch.isfinite(ext)) or float(ext) > absorb_at:
+                absorb = True
+                break
+        if absorb and not bool(torch.isfinite(u).all() and torch.isfinite(v).all()):
+            # Should not happen with clamped kernels; recover with exact log updates.
+            f, g = _log_updates(C, log_a, log_b, f, g, eps)
+            it += 1
+            continue
+        f = f + eps * torch.log(u)
+        g = g + eps * torch.log(v)
+        if not absorb or it >= max_iter:
+            break
+    plan = _kernel(C, f, g, eps)
+    err = float((plan.sum(1) - a).abs().sum())
+    return plan, f, g + shift, it, err
+
+
+def sinkhorn_unrolled(
+    C: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    eps: float = 0.05,
+    tol: float = 5e-3,
+    max_iter: int = 1000,
+    check_every: int = 50,
+) -> tuple[torch.Tensor, int]:
+    """Sinkhorn with gradients through the iterations, as the reference ECR does.
+
+    Cold start and the reference's stopping rule (column-marginal L1 error < ``tol`` checked
+    every 50 iterations, at most 1000 iterations), but computed in the log domain so that it
+    cannot underflow. Autograd differentiates through every iteration.
+    """
+    log_a, log_b = torch.log(a), torch.log(b)
+    f = torch.zeros_like(a)
+    g = torch.zeros_like(b)
+    it = 0
+    while it < max_iter:
+        f, g = _log_updates(C, log_a, log_b, f, g, eps)
+        it += 1
+        if it % check_every == 1:
+            with torch.no_grad():
+                # Error of the row marginal after the column update.
+                if float((_kernel(C, f, g, eps).sum(1) - a).abs().sum()) < tol:
+                    break
+    plan = _kernel(C, f, g, eps)
+    return plan, it
+
+
+class ECR(nn.Module):
+    """Embedding Clustering Regularization: ``sum(pi* * C)`` with ``pi*`` the entropic OT plan.
+
+    Parameters
+    ----------
+    n_topics, n_genes
+        Sizes K and V (uniform marginals 1/K over topics and 1/V over genes).
+    eps
+        Entropic regularisation (0.05: kernel ``exp(-20 C)`` as in the paper).
+    grad
+        ``"envelope"`` (default): the plan is computed without autograd, warm-started from the
+        previous call, and treated as a constant. ``"unrolled"``: cold start, gradients
+        through the iterations (the reference behaviour; slow).
+    tol, max_iter
+        Convergence settings of the solver.
+    """
+
+    def __init__(self, n_topics: int, n_genes: int, eps: float = 0.05, grad: str = "envelope",
+                 tol: float = 1e-3, max_iter: int = 1000):
+        super().__init__()
+        if grad not in {"envelope", "unrolled"}:
+            raise ValueError(f"ecr_grad must be 'envelope' or 'unrolled', got {grad!r}")
+        self.eps, self.grad, self.tol, self.max_iter = float(eps), grad, float(tol), int(max_iter)
+        self.register_buffer("f", torch.zeros(n_topics))
+        self.register_buffer("g", torch.zeros(n_genes))
+        self.register_buffer("warm", torch.zeros((), dtype=torch.bool))
+        self.last_iterations = 0
+        self.last_error = 0.0
+
+    def forward(self, C: torch.Tensor) -> torch.Tensor:
+        """ECR loss for the ``(K, V)`` cost matrix ``C`` (unweighted)."""
+        K, V = C.shape
+        a = torch.full((K,), 1.0 / K, dtype=C.dtype, device=C.device)
+        b = torch.full((V,), 1.0 / V, dtype=C.dtype, device=C.device)
+        if self.grad == "unrolled":
+            plan, it = sinkhorn_unrolled(C, a, b, eps=self.eps, max_iter=self.max_iter)
+            self.last_iterations = it
+            return (plan * C).sum()
+        warm = bool(self.warm)
+        plan, f, g, it, err = sinkhorn_stabilized(
+            C.detach(), a, b, eps=self.eps, f=self.f if warm else None,
+            g=self.g if warm else None, tol=self.tol, max_iter=self.max_iter,
+        )
+        if self.training:
+            self.f.copy_(f)
+            self.g.copy_(g)
+            self.warm.fill_(True)
+        self.last_iterations, self.last_error = it, err
+        return (plan * C).sum()

@@ -1,0 +1,127 @@
+"""A small, generic training loop: optimiser, step learning-rate schedule, progress, history."""
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from sctopic.errors import SctopicError
+
+OPTIMIZERS = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+class TrainingDiverged(SctopicError):
+    """The loss became NaN or infinite."""
+
+
+class Trainer:
+    """Runs epochs of minibatch steps on a module that returns a dict of losses with ``"loss"``.
+
+    Parameters
+    ----------
+    module
+        The torch module to optimise.
+    lr
+        Learning rate.
+    optimizer
+        ``"rmsprop"`` (the paper's), ``"adam"`` or ``"adamw"``.
+    lr_step_epochs
+        Halve the learning rate every this many epochs (None: constant).
+    lr_gamma
+        Factor applied at each step of the schedule (0.5).
+    """
+
+    def __init__(self, module: torch.nn.Module, lr: float = 1e-3, optimizer: str = "rmsprop",
+                 lr_step_epochs: int | None = None, lr_gamma: float = 0.5):
+        if optimizer not in OPTIMIZERS:
+            raise SctopicError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        self.module = module
+        self.optimizer = OPTIMIZERS[optimizer](module.parameters(), lr=lr)
+        self.scheduler = (
+            torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=lr_step_epochs, gamma=lr_gamma)
+            if lr_step_epochs else None
+        )
+        self.history: dict[str, list[float]] = defaultdict(list)
+        self.epoch = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+
+    def fit(
+        self,
+        epoch_batches: Callable[[int], Iterable[tuple[int, dict]]],
+        max_epochs: int,
+        step_kwargs: dict | None = None,
+        progress: bool = True,
+        on_epoch_end: Callable[[int], None] | None = None,
+        extra_stats: Callable[[], dict[str, float]] | None = None,
+    ) -> dict[str, list[float]]:
+        """Train from the current epoch up to ``max_epochs``.
+
+        Parameters
+        ----------
+        epoch_batches
+            ``epoch -> iterable of (n_cells, batch kwargs)``; each batch is passed to the module.
+        max_epochs
+            Total number of epochs (training resumes from ``self.epoch``).
+        step_kwargs
+            Extra keyword arguments for every module call.
+        progress
+            Show a tqdm progress bar.
+        on_epoch_end
+            Called with the finished epoch number (checkpoints).
+        extra_stats
+            Called after each step; values are averaged into the history (e.g. Sinkhorn
+            iterations).
+        """
+        step_kwargs = step_kwargs or {}
+        bar = tqdm(range(self.epoch, max_epochs), disable=not progress, desc="training",
+                   unit="epoch", initial=self.epoch, total=max_epochs)
+        for epoch in bar:
+            self.module.train()
+            t0 = time.perf_counter()
+            sums: dict[str, float] = defaultdict(float)
+            n_seen = 0
+            for n_cells, batch in epoch_batches(epoch):
+                out = self.module(**batch, **step_kwargs)
+                loss = out["loss"]
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                vals = {k: float(v.detach()) for k, v in out.items()}
+                if not math.isfinite(vals["loss"]):
+                    raise TrainingDiverged(
+                        f"the loss became {vals['loss']} at epoch {epoch + 1}; lower the learning "
+                        "rate (lr) or check the input for extreme values."
+                    )
+                if extra_stats is not None:
+                    vals.update(extra_stats())
+                for k, v in vals.items():
+                    sums[k] += v * n_cells
+                n_seen += n_cells
+            if self.scheduler:
+                self.scheduler.step()
+            self.epoch = epoch + 1
+            for k, v in sums.items():
+                self.history[k].append(v / max(n_seen, 1))
+            self.history["epoch_seconds"].append(time.perf_counter() - t0)
+            self.history["lr"].append(self.optimizer.param_groups[0]["lr"])
+            bar.set_postfix(loss=f"{self.history['loss'][-1]:.4g}")
+            if on_epoch_end is not None:
+                on_epoch_end(self.epoch)
+        bar.close()
+        return dict(self.history)

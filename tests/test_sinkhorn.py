@@ -1,0 +1,103 @@
+"""Sinkhorn / ECR against POT and a float64 plain implementation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sctopic.nn.sinkhorn import ECR, sinkhorn_stabilized, sinkhorn_unrolled
+
+ot = pytest.importorskip("ot")
+
+
+def _problem(K=12, V=80, L=6, scale=1.0, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(K, L, generator=g, dtype=dtype) * scale
+    x = torch.randn(V, L, generator=g, dtype=dtype) * scale
+    C = torch.cdist(t, x) ** 2
+    a = torch.full((K,), 1.0 / K, dtype=dtype)
+    b = torch.full((V,), 1.0 / V, dtype=dtype)
+    return C, a, b
+
+
+def _pot_log(C, a, b, eps, stop=1e-12):
+    return ot.sinkhorn(a.numpy(), b.numpy(), C.numpy(), reg=eps, method="sinkhorn_log",
+                       stopThr=stop, numItermax=20000)
+
+
+def test_plan_and_cost_match_pot():
+    C, a, b = _problem()
+    plan, f, g, it, err = sinkhorn_stabilized(C, a, b, eps=0.05, tol=1e-10, max_iter=100000)
+    ref = _pot_log(C, a, b, 0.05)
+    np.testing.assert_allclose(plan.numpy(), ref, atol=1e-9)
+    assert abs(float((plan * C).sum()) - float((ref * C.numpy()).sum())) < 1e-7
+    # Marginals.
+    np.testing.assert_allclose(plan.sum(1).numpy(), a.numpy(), atol=1e-9)
+    np.testing.assert_allclose(plan.sum(0).numpy(), b.numpy(), atol=1e-12)
+
+
+def test_no_underflow_where_naive_kernel_fails():
+    # Adding a constant to the cost leaves the plan unchanged, but with costs above ~37 the
+    # naive kernel exp(-C/0.05) is exactly 0 in float64 and the plain algorithm divides 0/0.
+    C0, a, b = _problem(seed=1)
+    C = C0 + 60.0
+    assert float(torch.exp(-C / 0.05).max()) == 0.0
+    with np.errstate(all="ignore"), pytest.warns(UserWarning):
+        naive = ot.sinkhorn(a.numpy(), b.numpy(), C.numpy(), reg=0.05, method="sinkhorn", numItermax=50)
+    assert not np.isfinite(naive).all() or np.abs(naive.sum(1) - a.numpy()).sum() > 1e-3
+    plan, *_ = sinkhorn_stabilized(C, a, b, eps=0.05, tol=1e-10, max_iter=100000)
+    assert torch.isfinite(plan).all()
+    ref = _pot_log(C0, a, b, 0.05)
+    np.testing.assert_allclose(plan.numpy(), ref, atol=1e-9)
+
+
+def test_float32_large_costs_stay_finite():
+    # Growing embedding norms: costs of several hundred (float32 kernel underflows at ~4.4).
+    C0, a, b = _problem(K=12, V=100, seed=2, dtype=torch.float32)
+    C = C0 + 300.0
+    assert float(torch.exp(-C / 0.05).max()) == 0.0
+    plan, f, g, it, err = sinkhorn_stabilized(C, a, b, eps=0.05, tol=1e-4)
+    assert torch.isfinite(plan).all() and err < 1e-4
+    ref = _pot_log(C0.double(), a.double(), b.double(), 0.05, stop=1e-8)
+    assert np.abs(plan.double().numpy() - ref).sum() < 1e-3
+
+
+def test_warm_start_converges_to_the_same_plan_faster():
+    C, a, b = _problem(K=30, V=400, seed=3)
+    p0, f, g, it0, _ = sinkhorn_stabilized(C, a, b, eps=0.05, tol=1e-8, max_iter=100000)
+    C2 = C * 1.01 + 0.001
+    cold, _, _, it_cold, _ = sinkhorn_stabilized(C2, a, b, eps=0.05, tol=1e-8, max_iter=100000)
+    warm, _, _, it_warm, _ = sinkhorn_stabilized(C2, a, b, eps=0.05, f=f, g=g, tol=1e-8, max_iter=100000)
+    np.testing.assert_allclose(warm.numpy(), cold.numpy(), atol=1e-8)
+    assert it_warm < it_cold
+
+
+def test_envelope_gradient_is_the_plan_and_matches_unrolled_value():
+    C, a, b = _problem(K=8, V=50, seed=4)
+    C = C.clone().requires_grad_(True)
+    ecr = ECR(8, 50, eps=0.05, tol=1e-10, max_iter=100000).double()
+    loss = ecr(C)
+    (grad,) = torch.autograd.grad(loss, C)
+    plan = torch.as_tensor(_pot_log(C.detach(), a, b, 0.05))
+    np.testing.assert_allclose(grad.numpy(), plan.numpy(), atol=1e-8)
+    # The unrolled variant (reference behaviour) gives the same loss value at convergence.
+    plan_u, _ = sinkhorn_unrolled(C, a, b, eps=0.05, tol=1e-9, max_iter=5000, check_every=1)
+    assert abs(float((plan_u * C).sum()) - float(loss)) < 1e-6
+    # ... and its gradient flows through the iterations (it differs from the envelope one).
+    (grad_u,) = torch.autograd.grad((plan_u * C).sum(), C)
+    assert torch.isfinite(grad_u).all()
+    assert float((grad_u - grad).abs().max()) > 1e-6
+
+
+def test_ecr_warm_state_updates_only_in_training():
+    C, a, b = _problem(K=8, V=50, seed=5, dtype=torch.float32)
+    ecr = ECR(8, 50)
+    ecr.eval()
+    ecr(C)
+    assert not bool(ecr.warm)
+    ecr.train()
+    ecr(C)
+    assert bool(ecr.warm)
+    first = ecr.last_iterations
+    ecr(C)
+    assert ecr.last_iterations <= first
