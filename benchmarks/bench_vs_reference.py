@@ -217,6 +217,7 @@ def run_contender(name: str, args, npz: Path, out: Path, reuse: bool) -> dict | 
         env[var] = str(args.threads)
     env.pop("PYTHONPATH", None)
     print(f"[{name}] {' '.join(cmd)}", flush=True)
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     with open(out / "stdout.log", "w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(out),
@@ -230,6 +231,10 @@ def run_contender(name: str, args, npz: Path, out: Path, reuse: bool) -> dict | 
     print("  " + (tail[-1] if tail else ""), flush=True)
     t = json.loads(tfile.read_text())
     t["process_wall_seconds"] = wall
+    # 1-minute load average before and after: > threads means the cores were shared
+    t["loadavg_1min_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    t["epochs_requested"] = args.epochs
+    tfile.write_text(json.dumps(t, indent=1))
     return t
 
 
@@ -303,7 +308,7 @@ def score(out: Path, labels, seed: int) -> dict:
     return res
 
 
-TIMING_KEYS = ("train_seconds", "seconds_per_epoch_mean", "seconds_per_epoch_median",
+TIMING_KEYS = ("loadavg_1min_before_after", "train_seconds", "seconds_per_epoch_mean", "seconds_per_epoch_median",
                "seconds_per_epoch_first140", "seconds_per_epoch_after140",
                "seconds_per_epoch_mean_excl_first", "cells_per_second", "peak_rss_mb",
                "setup_seconds", "batch_size", "epochs", "process_wall_seconds")
@@ -353,12 +358,13 @@ def markdown(report: dict) -> str:
          "log-normalised expression (stand-in for scGPT).", "",
          f"Run {report['started']}, {report['machine']}.", "",
          "| contender | batch | s/epoch (mean) | first 140 | after 140 | cells/s | train s | setup s "
-         "| peak RSS MiB | ARI oracle | NMI oracle | ARI res 1.0 | ARI logits (oracle) | TD | TD excl | IP |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| peak RSS MiB | ARI oracle | NMI oracle | ARI res 1.0 | ARI logits (oracle) | TD | TD excl | IP "
+         "| load before/after |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in CONTENDERS:
         r = rows.get(name)
         if not r:
-            L.append(f"| {name} | (not run / failed) |" + " |" * 14)
+            L.append(f"| {name} | (not run / failed) |" + " |" * 15)
             continue
         th, lg = r["theta"], r.get("logits") or {}
         L.append("| " + " | ".join([
@@ -369,6 +375,7 @@ def markdown(report: dict) -> str:
             _f(th["ari_oracle"]), _f(th["nmi_oracle"]), _f(th.get("ari_fixed")),
             _f(lg.get("ari_oracle")), _f(r["topic_diversity"]), _f(r["topic_diversity_exclusive"]),
             _f(r["interpretability_purity"]),
+            "/".join(_f(x, 1) for x in (r.get("loadavg_1min_before_after") or [])) or "-",
         ]) + " |")
     if report.get("ratios"):
         L += ["", "Ratios (sctopic vs reference; speedup > 1 means sctopic is faster):", "",
@@ -389,7 +396,8 @@ def markdown(report: dict) -> str:
           "- Training seconds exclude data loading, kNN/graph building and the packages' periodic "
           "evaluation (setup s is reported separately). Peak RSS is the whole contender process "
           "(resource.getrusage ru_maxrss).",
-          "- The machine's 2 cores are shared with other work: timings carry noise of that order.",
+          "- The machine's 2 cores may be shared with other work; the last column is the 1-minute "
+          "load average before/after each contender (above the thread count = contended timings).",
           "- scETM counts an epoch as n_cells/batch_size steps of its resampling stream (batch 2000 "
           "by default); sce2tm and sctopic use batch 512."]
     for name in CONTENDERS:
@@ -403,9 +411,20 @@ def markdown(report: dict) -> str:
                  ", ".join(f"{i + 1}: {sink[i]:.0f}" for i in idx) + ".")
     ns = (rows.get("sce2tm") or {}).get("neighbour_sampling")
     if ns:
-        L.append("- sce2tm neighbour sampling: " + "; ".join(
-            f"{v}: {d['cells_with_only_self']} cells can only sample themselves, "
-            f"P(sample = self) averages {d['p_sample_self_mean']:.2f}" for v, d in ns.items()) + ".")
+        L.append("- sce2tm neighbour graphs (" + str(ns.get("note", "")) + "): " + "; ".join(
+            f"{v}: mutual-kNN components before joining {d.get('mutual_knn_components_before_mst', '?')}, "
+            f"{d['mean_candidates_incl_self']:.1f} candidates per cell incl. itself, "
+            f"P(sampled neighbour = the cell itself) averages {d['p_sample_self_mean']:.2f}"
+            for v, d in ns.items() if isinstance(d, dict)) + ".")
+    gi = (rows.get("sctopic") or {}).get("graph_info")
+    if isinstance(gi, dict):
+        parts = []
+        for v, d in gi.items():
+            if isinstance(d, dict):
+                parts.append(f"{v}: " + ", ".join(f"{k} {val if not isinstance(val, float) else round(val, 2)}"
+                                                  for k, val in d.items()))
+        if parts:
+            L.append("- sctopic neighbour graphs: " + "; ".join(parts) + ".")
     return "\n".join(L) + "\n"
 
 
@@ -437,7 +456,8 @@ def main(argv=None) -> int:
         row = {k: t.get(k) for k in TIMING_KEYS}
         row.update({k: t[k] for k in ("shims", "sinkhorn_iterations_per_epoch_mean",
                                       "neighbour_sampling", "reused_from_earlier_run", "env",
-                                      "outputs", "notes") if k in t})
+                                      "outputs", "notes", "graph_info", "history_sinkhorn_iterations")
+                    if k in t})
         row["epoch_seconds"] = t.get("epoch_seconds")
         t_s = time.perf_counter()
         row.update(score(out, labels, args.seed))

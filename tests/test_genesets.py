@@ -225,8 +225,8 @@ def test_enrich_cli_end_to_end(result_dir, pbmc_genes, tmp_path, capsys):
     assert "hallmark: " in printed and "wrote 300 rows" in printed
     table = pd.read_csv(out, sep="\t")
     assert len(table) == 2 * 3 * 50
-    for col in ("library", "topic", "set", "method", "statistic", "es", "p", "fdr", "set_size",
-                "genes", "leading_edge"):
+    for col in ("library", "topic", "set", "method", "statistic", "es", "p", "fdr", "fdr_nes",
+                "set_size", "genes", "leading_edge"):
         assert col in table.columns
     assert set(table["method"]) == {"ora", "gsea"}
     t0 = table[table.topic == 0].set_index(["method", "set"])

@@ -214,4 +214,51 @@ def test_gsea_agrees_with_gseapy_prerank():
     np.testing.assert_allclose(both["es"], both["ES"].astype(float), atol=1e-9)
     assert spearmanr(both["statistic"], both["NES"].astype(float))[0] >= 0.95
     assert spearmanr(both["fdr"], both["FDR q-val"].astype(float))[0] >= 0.95
+    assert spearmanr(both["fdr_nes"], both["FDR q-val"].astype(float))[0] >= 0.95
     assert spearmanr(both["p"], both["NOM p-val"].astype(float))[0] >= 0.95
+
+
+def _brute_force_nes_fdr(tg, genes, lib, permutations, seed):
+    """GSEA FDR from an explicit pooled null: every set contributes the null of its size."""
+    m = lib.match(genes)
+    sizes = m.sizes
+    n = len(genes)
+    rng = np.random.default_rng(seed)
+    draws = np.stack([rng.choice(n, sizes.max(), replace=False) for _ in range(permutations)])
+    order = np.argsort(-tg, axis=1, kind="stable")
+    out = []
+    for k in range(tg.shape[0]):
+        obs = enrichment_scores(tg[k], [m.incidence[i].indices for i in range(len(sizes))])[0]
+        null_nes, obs_nes = [], np.empty_like(obs)
+        for s in np.unique(sizes):
+            null = enrichment_scores(tg[k], [order[k, np.sort(d[:s])] for d in draws])[0]
+            pos_mean, neg_mean = null[null >= 0].mean(), -null[null < 0].mean()
+            nn = np.where(null >= 0, null / pos_mean, null / neg_mean)
+            null_nes += [nn] * int((sizes == s).sum())
+            here = sizes == s
+            obs_nes[here] = np.where(obs[here] >= 0, obs[here] / pos_mean, obs[here] / neg_mean)
+        pool = np.concatenate(null_nes)
+        fdr = np.empty_like(obs)
+        for j, e in enumerate(obs_nes):
+            if e >= 0:
+                num = (pool >= e).sum() / (pool >= 0).sum()
+                den = (obs_nes >= e).sum() / (obs_nes >= 0).sum()
+            else:
+                num = (pool <= e).sum() / (pool < 0).sum()
+                den = (obs_nes <= e).sum() / (obs_nes < 0).sum()
+            fdr[j] = min(1.0, num / den)
+        out.append(pd.DataFrame({"topic": k, "set": m.set_names, "fdr_nes": fdr, "nes": obs_nes}))
+    return pd.concat(out).set_index(["topic", "set"]).sort_index()
+
+
+def test_gsea_pooled_nes_fdr_matches_brute_force():
+    genes, lib, sets = _toy_library(n_genes=300, n_sets=40, seed=10)
+    rng = np.random.default_rng(11)
+    tg = rng.normal(size=(2, len(genes)))  # signed scores: both tails populated
+    tg[0, [genes.index(g) for g in sets["S1"]]] += 3.0
+    ref = _brute_force_nes_fdr(tg, genes, lib, permutations=150, seed=4)
+    got = gsea(tg, genes, lib, permutations=150, seed=4).set_index(["topic", "set"]).sort_index()
+    np.testing.assert_allclose(got["statistic"], ref["nes"], rtol=1e-4)
+    np.testing.assert_allclose(got["fdr_nes"], ref["fdr_nes"], atol=0.02)
+    assert spearmanr(got["fdr_nes"], ref["fdr_nes"])[0] > 0.99
+    assert got.loc[(0, "S1"), "fdr_nes"] < 0.05

@@ -141,3 +141,16 @@ def test_pbmc3k_pca_leiden_baseline(pbmc3k_pca):
     assert res["ari_fixed"] > 0.55
     again = cluster_sweep(x, y, n_clusters=9)
     assert again["table"] == res["table"]
+
+
+@pytest.mark.slow
+def test_approximate_neighbours_agree_with_exact():
+    # slow: pynndescent's numba code compiles for about a minute on 2 cores
+    x, y = blobs(n_per=1500, n_blobs=4, dim=20, sep=6.0)
+    exact, _ = knn(x, 15, exact=True)
+    approx, _ = knn(x, 15, exact=False, seed=0)
+    np.testing.assert_array_equal(approx[:, 0], np.arange(x.shape[0]))
+    recall = np.mean([len(set(a) & set(b)) / 15 for a, b in zip(exact, approx)])
+    assert recall > 0.9
+    res = cluster_sweep(x, y, exact=False, resolutions=[0.2, 0.5])
+    assert res["ari_oracle"] > 0.95

@@ -10,8 +10,8 @@ DESCRIPTION = """\
 Test every topic of a fitted model against gene-set libraries.
 ORA: hypergeometric test of each topic's top-N genes (background: the model's genes found
 in the library). GSEA: preranked, genes ranked by the topic's weights (beta), permutation
-null shared by sets of equal size. Both use Benjamini-Hochberg FDR over the sets of each
-topic. Writes one tidy table (TSV; .gz compresses) with a row per (library, method, topic, set).
+null shared by sets of equal size. Both give Benjamini-Hochberg FDR over the sets of each
+topic (column fdr); GSEA also gives GSEA's own pooled-NES FDR (fdr_nes, as gseapy). Writes one tidy table (TSV; .gz compresses) with a row per (library, method, topic, set).
 Bundled libraries: go_bp_human, go_bp_mouse, hallmark; any GMT file path works too."""
 
 
@@ -102,9 +102,11 @@ def run(args: argparse.Namespace) -> int:
                                  n_jobs=args.jobs))
         for part in parts:
             part.insert(0, "library", lib.name)
-            n_sig = int((part["fdr"] < 0.05).sum())
-            say(f"  {part['method'].iat[0]}: {n_sig} (topic, set) pairs with FDR < 0.05 "
-                f"({part['set'][part['fdr'] < 0.05].nunique()} distinct sets)")
+            for col in ("fdr", "fdr_nes"):
+                if col in part.columns:
+                    sig = part[col].lt(0.05)
+                    say(f"  {part['method'].iat[0]}: {int(sig.sum())} (topic, set) pairs with "
+                        f"{col} < 0.05 ({part.loc[sig, 'set'].nunique()} distinct sets)")
         tables.extend(parts)
 
     table = pd.concat(tables, ignore_index=True)

@@ -53,6 +53,25 @@ class RowStore:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def rows_csr(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` as a torch sparse CSR tensor (only the ``csr`` storage gathers sparsely).
+
+        Sparse batches make the encoder's first layer and the reconstruction term cost
+        O(non-zeros) instead of O(cells x genes); count matrices are 90-98% zeros.
+        """
+        if self.storage == "dense":
+            return self.rows(idx).to_sparse_csr()
+        start = self._indptr.index_select(0, idx)
+        lens = self._indptr.index_select(0, idx + 1) - start
+        total = int(lens.sum())
+        crow = torch.zeros(idx.shape[0] + 1, dtype=torch.int64, device=self.device)
+        torch.cumsum(lens, 0, out=crow[1:])
+        src = torch.repeat_interleave(start - crow[:-1], lens) + torch.arange(total, device=self.device)
+        return torch.sparse_csr_tensor(
+            crow, self._indices.index_select(0, src), self._data.index_select(0, src),
+            size=(idx.shape[0], self.shape[1]),
+        )
+
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Dense float32 ``(len(idx), V)`` tensor of the rows ``idx`` (a long tensor on device)."""
         if self.storage == "dense":

@@ -31,6 +31,7 @@ import pandas as pd
 from sctopic.errors import InputError
 from sctopic.genesets._inputs import LibraryLike, check_topic_gene, match_library
 from sctopic.genesets.escore import _es_kernel, ranked_weights
+from sctopic.genesets.nes_fdr import PooledNullNES
 from sctopic.genesets.stats import bh_fdr
 
 
@@ -92,7 +93,9 @@ def gsea(
         (NES), es, p, fdr, set_size`` (+ ``leading_edge``), sorted by topic then p.
         ``p`` is the nominal p-value ``(b + 1) / (n + 1)``, with ``n`` the null scores of
         the same sign as ES and ``b`` those at least as extreme; ``NES = ES / |mean of the
-        same-signed null|``; ``fdr`` is Benjamini-Hochberg over the sets of each topic.
+        same-signed null|``; ``fdr`` is Benjamini-Hochberg over the sets of each topic;
+        ``fdr_nes`` is GSEA's own FDR (NES against the NES null pooled over all sets of
+        the topic, as gseapy's ``FDR q-val``; see :mod:`sctopic.genesets.nes_fdr`).
 
     Notes
     -----
@@ -102,8 +105,10 @@ def gsea(
     When the weights are very skewed, random sets rarely score below zero; if the null
     of a (topic, size) has no score of the observed sign, NES is NaN and ``p`` is 1
     (conservative). With ``n`` permutations the smallest p is ``1 / (n + 1)``, so BH
-    over ``m`` sets can only reach FDR below ``alpha`` when enough sets reach that floor;
-    raise ``permutations`` for strict thresholds on large libraries.
+    over ``m`` sets can only reach FDR below ``alpha`` when enough sets reach that floor
+    (e.g. 1,000 permutations and 3,845 GO sets: at least 385 sets at the floor for
+    FDR <= 0.01); raise ``permutations`` for strict thresholds, or use ``fdr_nes``, whose
+    pooled null does not have this floor.
     """
     w, genes = check_topic_gene(topic_gene, genes)
     lib = match_library(library, genes, min_size, max_size)
@@ -128,9 +133,10 @@ def gsea(
 
     nes = np.full(es.shape, np.nan)
     p = np.full(es.shape, np.nan)
+    fdr_nes = np.full(es.shape, np.nan)
     if permutations > 0:
         _permutation_stats(
-            es, nes, p, sizes, set_idx, ranked, permutations, seed, size_grid,
+            es, nes, p, fdr_nes, sizes, set_idx, ranked, permutations, seed, size_grid,
             n_jobs, null_dtype, chunk_elements,
         )
     fdr = bh_fdr(p, axis=1)
@@ -146,6 +152,7 @@ def gsea(
             "es": es.ravel(),
             "p": p.ravel(),
             "fdr": fdr.ravel(),
+            "fdr_nes": fdr_nes.ravel(),
             "set_size": np.tile(sizes, n_topics),
         }
     )
@@ -208,10 +215,10 @@ def size_grid_points(sizes: np.ndarray, ratio: float | None) -> np.ndarray:
 
 
 def _permutation_stats(
-    es, nes, p, sizes, set_idx, ranked, permutations, seed, size_grid, n_jobs, null_dtype,
+    es, nes, p, fdr_nes, sizes, set_idx, ranked, permutations, seed, size_grid, n_jobs, null_dtype,
     chunk_elements,
 ) -> None:
-    """Fill ``nes`` and ``p`` from per-(topic, size) permutation nulls."""
+    """Fill ``nes``, ``p`` and ``fdr_nes`` from per-(topic, size) permutation nulls."""
     n_topics, n_genes = ranked.shape
     grid = size_grid_points(sizes[set_idx], size_grid)
     rng = np.random.default_rng(seed)
@@ -239,22 +246,28 @@ def _permutation_stats(
     p_acc = np.zeros((n_topics, set_idx.size))
     pos_norm = np.zeros_like(p_acc)
     neg_norm = np.zeros_like(p_acc)
+    # How many sets use each grid point's null (fractional in grid mode), for the pooled FDR.
+    uses = np.zeros(len(grid))
+    np.add.at(uses, j_lo, 1.0 - lam)
+    np.add.at(uses, j_hi, lam)
+    pooled = PooledNullNES(n_topics)
 
     pool = ThreadPoolExecutor(n_jobs) if n_jobs > 1 else None
     try:
         for j, s in enumerate(grid):
             positions = np.ascontiguousarray(np.sort(draws[:, :s], axis=1).T)
             null = _null_scores(ranked_t, positions, pool, chunk_elements)
+            summary = _null_summary(null)
+            pooled.add(null, summary[3], summary[4], uses[j])
             # Sets using this grid point: as lower point (weight 1 - lam) or upper (lam).
             for which, wts in ((j_lo == j, 1.0 - lam), (j_hi == j, lam)):
                 sel = np.flatnonzero(which & (wts > 0))
                 if sel.size == 0:
                     continue
-                pj, mpos, mneg = _compare_to_null(null, es[:, set_idx[sel]])
                 wt = wts[sel]
-                p_acc[:, sel] += wt * pj
-                pos_norm[:, sel] += wt * mpos[:, None]
-                neg_norm[:, sel] += wt * mneg[:, None]
+                p_acc[:, sel] += wt * _pvalues(summary, es[:, set_idx[sel]])
+                pos_norm[:, sel] += wt * summary[3][:, None]
+                neg_norm[:, sel] += wt * summary[4][:, None]
     finally:
         if pool is not None:
             pool.shutdown()
@@ -263,6 +276,7 @@ def _permutation_stats(
     with np.errstate(divide="ignore", invalid="ignore"):
         nes[:, set_idx] = np.where(obs >= 0, obs / pos_norm, obs / np.abs(neg_norm))
     p[:, set_idx] = p_acc
+    fdr_nes[:, set_idx] = pooled.fdr(nes[:, set_idx])
 
 
 def _null_scores(ranked_t: np.ndarray, positions: np.ndarray, pool, chunk_elements) -> np.ndarray:
@@ -289,12 +303,8 @@ def _null_scores(ranked_t: np.ndarray, positions: np.ndarray, pool, chunk_elemen
     return out.T
 
 
-def _compare_to_null(null: np.ndarray, obs: np.ndarray):
-    """Nominal p-values of ``obs`` (K, B) against same-signed ``null`` (K, n), and null means.
-
-    Returns ``p`` (K, B), the mean non-negative null score and the mean negative null
-    score per topic (NaN where the null has no score of that sign).
-    """
+def _null_summary(null: np.ndarray):
+    """Sorted null (float64) and, per topic, counts and means of its >= 0 and < 0 parts."""
     n_topics, n_perm = null.shape
     srt = np.sort(null, axis=1).astype(np.float64)
     n_neg = np.array([np.searchsorted(row, 0.0, side="left") for row in srt])
@@ -305,9 +315,26 @@ def _compare_to_null(null: np.ndarray, obs: np.ndarray):
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_pos = sum_pos / n_pos
         mean_neg = sum_neg / n_neg
+    return srt, n_pos, n_neg, mean_pos, mean_neg
+
+
+def _pvalues(summary, obs: np.ndarray) -> np.ndarray:
+    """Nominal p-values ``(b + 1) / (n + 1)`` of ``obs`` (K, B) against the same-signed null."""
+    srt, n_pos, n_neg, _, _ = summary
+    n_perm = srt.shape[1]
     p = np.empty(obs.shape)
-    for k in range(n_topics):
+    for k in range(obs.shape[0]):
         ge = n_perm - np.searchsorted(srt[k], obs[k], side="left")  # null >= obs
         le = np.searchsorted(srt[k], obs[k], side="right")  # null <= obs
         p[k] = np.where(obs[k] >= 0, (ge + 1) / (n_pos[k] + 1), (le + 1) / (n_neg[k] + 1))
-    return p, mean_pos, mean_neg
+    return p
+
+
+def _compare_to_null(null: np.ndarray, obs: np.ndarray):
+    """Nominal p-values of ``obs`` (K, B) against same-signed ``null`` (K, n), and null means.
+
+    Returns ``p`` (K, B), the mean non-negative null score and the mean negative null
+    score per topic (NaN where the null has no score of that sign).
+    """
+    summary = _null_summary(null)
+    return _pvalues(summary, obs), summary[3], summary[4]

@@ -51,7 +51,7 @@ def cluster_sweep(
     graph: sp.spmatrix | None = None,
     weights: Literal["umap", "connectivity"] = "umap",
     exact: bool | None = None,
-    n_iterations: int = -1,
+    n_iterations: int = 2,
     backend: Literal["igraph", "leidenalg"] = "igraph",
     return_clusters: bool = False,
 ) -> dict:
@@ -88,7 +88,7 @@ def cluster_sweep(
         Exact or approximate (pynndescent) neighbour search; default exact up to 50,000
         cells (see :data:`sctopic.metrics.neighbors.EXACT_MAX_CELLS`).
     n_iterations
-        Optimiser passes per resolution (negative: until no improvement).
+        Leiden passes per resolution (default 2; negative: until no improvement).
     backend
         Leiden implementation, ``"igraph"`` (default, fast) or ``"leidenalg"``; both optimise
         modularity with resolution (see :mod:`sctopic.metrics.community`).

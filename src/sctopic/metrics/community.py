@@ -66,7 +66,7 @@ def cluster_graph(
     *,
     method: Method = "leiden",
     seed: int = 0,
-    n_iterations: int = -1,
+    n_iterations: int = 2,
     backend: Backend = "igraph",
 ) -> np.ndarray:
     """Partition a graph into communities.
@@ -83,8 +83,9 @@ def cluster_graph(
     seed
         Seed of the random choices of the algorithm.
     n_iterations
-        Leiden optimiser passes; negative repeats until the partition stops improving
-        (scanpy's default).  Ignored by Louvain, which always runs to convergence.
+        Leiden optimiser passes (default 2, as leidenalg and scanpy's igraph flavour);
+        negative repeats until the partition stops improving (2-10x slower on 50k cells for
+        the same ARI).  Ignored by Louvain, which always runs to convergence.
     backend
         Leiden implementation: ``"igraph"`` (default, fast) or ``"leidenalg"``.
 

@@ -169,10 +169,13 @@ def evaluate(
             "cannot find the cell-topic matrix: set uns['sctopic']['model'] in the result, "
             f"or pass model=/use_rep= (obsm keys: {', '.join(adata.obsm.keys()) or '(none)'})"
         )
+    if rep.ndim != 2 or not np.isfinite(rep).all():
+        raise InputError(f"obsm[{rep_key!r}] must be a finite cells x dimensions matrix")
     y = _obs_column(adata, labels, "label")
     batches = _obs_column(adata, batch_key, "batch")
 
     res: dict = {key: None for key in FLAT_KEYS}
+    res.update(asw_raw=None, accuracy_fixed=None, accuracy_oracle=None, genesets={})
     labelled = None
     if y is not None:
         labelled = ~pd.isna(pd.Series(y)).to_numpy()
@@ -222,12 +225,16 @@ def evaluate(
             _tick("batch_asw", t0)
 
     # --- topics ------------------------------------------------------------------------
+    t0 = time.perf_counter()
     if outs.theta is not None and y is not None:
         res["ip"] = interpretability_purity(outs.theta[labelled], y[labelled])
     if outs.topic_gene is not None:
         tg = outs.topic_gene
+        if not 1 <= top_n <= tg.shape[1]:
+            raise InputError(f"top_n must be between 1 and the number of genes ({tg.shape[1]}), got {top_n}")
         res["td"] = topic_diversity(tg, top_n)
         res["td_exclusive"] = topic_diversity_exclusive(tg, top_n)
+        _tick("ip_td", t0)
         libs = [genesets] if isinstance(genesets, str) else list(genesets or [])
         per_lib = {}
         genes = list(map(str, adata.var_names))

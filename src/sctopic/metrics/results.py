@@ -95,6 +95,8 @@ def model_outputs(adata, model: str | None = None) -> ModelOutputs:
     entry = adata.uns.get(model, None)
     if hasattr(entry, "get") and entry.get("topic_gene", None) is not None:
         topic_gene = _dense(entry["topic_gene"])
+        if not np.isfinite(topic_gene).all():
+            raise InputError(f"uns['{model}']['topic_gene'] contains NaN or infinite values")
         if topic_gene.ndim == 2 and topic_gene.shape[0] == adata.n_vars != topic_gene.shape[1]:
             topic_gene = topic_gene.T  # stored genes x topics: accept, as genesets does
         if topic_gene.ndim != 2 or topic_gene.shape[1] != adata.n_vars:

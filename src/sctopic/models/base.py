@@ -108,7 +108,9 @@ class BaseTopicModel:
             (np.ones(len(present), np.float32), (pos[present], present)),
             shape=(X.shape[1], len(self.genes)),
         )
-        return sp.csr_matrix(X @ S)
+        out = sp.csr_matrix(X @ S)
+        out.sort_indices()  # a fixed summation order: same input, bit-identical output
+        return out
 
     # ------------------------------------------------------------------ outputs
     @property

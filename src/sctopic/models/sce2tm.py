@@ -159,7 +159,7 @@ class SCE2TM(BaseTopicModel):
         progress: bool = True,
         lr_step_epochs: int | None = -1,
         optimizer: str = "rmsprop",
-        storage: str = "auto",
+        storage: str = "csr",
         write_results: bool = True,
     ) -> "SCE2TM":
         """Train the model.
@@ -185,7 +185,9 @@ class SCE2TM(BaseTopicModel):
         optimizer
             ``"rmsprop"`` (paper), ``"adam"`` or ``"adamw"``.
         storage
-            How the counts are held on the device: ``"auto"``, ``"dense"`` or ``"csr"``.
+            ``"csr"`` (default): counts stay sparse on the device and minibatches are sparse CSR
+            tensors, so the encoder's first layer and the likelihood cost O(non-zeros);
+            ``"dense"``: a dense copy on the device and dense minibatches.
         write_results
             Write the outputs into the training AnnData when done (see :meth:`write_results`).
         """
@@ -225,15 +227,20 @@ class SCE2TM(BaseTopicModel):
             step = max(1, max_epochs // 4)
         trainer = Trainer(self.module, lr=lr, optimizer=optimizer, lr_step_epochs=step)
 
+        rows = store.rows if store.storage == "dense" else store.rows_csr
+
         def epoch_batches(epoch: int):
             for idx in batch_indices(n, batch_size, True, gen, dev):
-                batch = {"x": store.rows(idx)}
                 if k["cross_view"]:
                     nb_x = sample_neighbours(*graphs["expr"], idx, gen)
                     nb_v = sample_neighbours(*graphs["ext"], idx, gen)
-                    batch.update(x_nb=store.rows(nb_x), v=view.index_select(0, idx),
-                                 v_nb=view.index_select(0, nb_v))
-                elif k["external_concat"]:
+                    # Anchors and their expression neighbours in one gather (one encoder pass).
+                    batch = {"x": rows(torch.cat([idx, nb_x])), "v": view.index_select(0, idx),
+                             "v_nb": view.index_select(0, nb_v)}
+                    yield idx.shape[0], batch
+                    continue
+                batch = {"x": rows(idx)}
+                if k["external_concat"]:
                     batch["v"] = view.index_select(0, idx)
                 yield idx.shape[0], batch
 
@@ -295,7 +302,7 @@ class SCE2TM(BaseTopicModel):
         out = []
         for idx in batch_indices(X.shape[0], batch_size, False, None, dev):
             v = None if view is None else torch.as_tensor(view[idx.cpu().numpy()], device=dev)
-            out.append(self.module.infer(store.rows(idx), v).cpu())
+            out.append(self.module.infer(store.rows_csr(idx), v).cpu())
         delta = torch.cat(out).numpy().astype(np.float32)
         if logits:
             return delta

@@ -55,9 +55,13 @@ class EmbeddedTopicDecoder(nn.Module):
             cost = self.cost()
         return torch.softmax(-cost / self.tau, dim=0)
 
-    def forward(self, theta: torch.Tensor, beta: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
-        """Log expression proportions ``(B, V)`` for cell-topic proportions ``theta``."""
+    def logits(self, theta: torch.Tensor, beta: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised log expression ``BN(theta beta) + lambda_batch``, ``(B, V)``."""
         logits = self.bn(theta @ beta)
         if self.batch_intercept is not None and batch is not None:
             logits = logits + self.batch_intercept.index_select(0, batch)
-        return torch.log_softmax(logits, dim=-1)
+        return logits
+
+    def forward(self, theta: torch.Tensor, beta: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Log expression proportions ``(B, V)`` for cell-topic proportions ``theta``."""
+        return torch.log_softmax(self.logits(theta, beta, batch), dim=-1)

@@ -38,8 +38,14 @@ class TopicEncoder(nn.Module):
         self.logvar_bn = nn.BatchNorm1d(n_topics)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(mu, logvar)``, each ``(B, K)``."""
-        h = self.dropout(self.mlp(x))
+        """Return ``(mu, logvar)``, each ``(B, K)``; ``x`` may be a sparse CSR tensor."""
+        if x.layout == torch.sparse_csr:
+            first = self.mlp[0]
+            # Sparse x dense product: O(non-zeros x hidden), also in the weight gradient.
+            h = self.mlp[1:](x @ first.weight.T + first.bias)
+        else:
+            h = self.mlp(x)
+        h = self.dropout(h)
         return self.mu_bn(self.mu(h)), self.logvar_bn(self.logvar(h))
 
 

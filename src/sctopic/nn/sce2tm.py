@@ -16,13 +16,52 @@ from sctopic.nn.sinkhorn import ECR
 ENCODER_INPUTS = ("counts", "log1p")
 
 
+def csr_row_ids(x: torch.Tensor) -> torch.Tensor:
+    """Row index of every stored entry of a sparse CSR tensor."""
+    crow = x.crow_indices()
+    return torch.repeat_interleave(torch.arange(x.shape[0], device=crow.device), crow[1:] - crow[:-1])
+
+
+def row_sums(x: torch.Tensor) -> torch.Tensor:
+    """Per-row sums ``(B,)`` of a dense or sparse CSR tensor."""
+    if x.layout == torch.sparse_csr:
+        out = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        return out.index_add_(0, csr_row_ids(x), x.values())
+    return x.sum(dim=1)
+
+
 def transform_input(x: torch.Tensor, how: str) -> torch.Tensor:
     """Encoder input from counts: raw (``"counts"``, the reference) or ``"log1p"`` of
-    counts scaled to 10^4 per cell."""
+    counts scaled to 10^4 per cell. Sparse CSR input stays sparse (log1p(0) = 0)."""
     if how == "counts":
         return x
-    lib = x.sum(dim=1, keepdim=True).clamp_min(1.0)
-    return torch.log1p(x * (1e4 / lib))
+    lib = row_sums(x).clamp_min(1.0)
+    if x.layout == torch.sparse_csr:
+        vals = torch.log1p(x.values() * (1e4 / lib).index_select(0, csr_row_ids(x)))
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), vals, size=x.shape)
+    return torch.log1p(x * (1e4 / lib)[:, None])
+
+
+def multinomial_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``-sum_g x_g log softmax(logits)_g`` per cell, for dense or sparse CSR counts ``x``.
+
+    Written as ``n_i * logsumexp(logits_i) - sum_g x_g logits_g`` so that the second term
+    touches only the non-zero counts.
+    """
+    lse = torch.logsumexp(logits, dim=1)
+    if x.layout == torch.sparse_csr:
+        rows = csr_row_ids(x)
+        picked = logits[rows, x.col_indices()] * x.values()
+        dot = torch.zeros(x.shape[0], dtype=logits.dtype, device=logits.device).index_add_(0, rows, picked)
+        return row_sums(x) * lse - dot
+    return x.sum(dim=1) * lse - (x * logits).sum(dim=1)
+
+
+def csr_head(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` rows of a sparse CSR tensor (a cheap slice of its arrays)."""
+    crow = x.crow_indices()[: n + 1]
+    end = int(crow[-1])
+    return torch.sparse_csr_tensor(crow, x.col_indices()[:end], x.values()[:end], size=(n, x.shape[1]))
 
 
 class SCE2TMModule(nn.Module):
@@ -96,6 +135,8 @@ class SCE2TMModule(nn.Module):
     def encoder_in(self, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
         h = transform_input(x, self.encoder_input)
         if self.external_concat:
+            if h.layout == torch.sparse_csr:
+                h = h.to_dense()
             h = torch.cat([h, v], dim=1)
         return h
 
@@ -119,11 +160,11 @@ class SCE2TMModule(nn.Module):
         Parameters
         ----------
         x
-            ``(B, V)`` counts of the anchor cells.
+            ``(B, V)`` counts of the anchor cells (dense or sparse CSR). With ``cross_view`` and
+            no ``x_nb``, ``x`` holds ``2B`` rows: the anchors, then their neighbours.
         x_nb
-            ``(B, V)`` counts of one sampled neighbour of each anchor in the expression graph;
-            its topic head is distilled against the anchor's cluster head (needed with
-            ``cross_view``).
+            ``(B, V)`` dense counts of one sampled neighbour of each anchor in the expression
+            graph; its topic head is distilled against the anchor's cluster head.
         v, v_nb
             External view of the anchors, and of one sampled neighbour of each anchor in the
             external view's graph (distilled against the anchor's topic head).
@@ -132,12 +173,16 @@ class SCE2TMModule(nn.Module):
         ecr_weight
             Weight lambda of the ECR term (0 disables the Sinkhorn solve).
         """
-        B = x.shape[0]
         if self.cross_view:
+            if x_nb is not None:
+                x = torch.cat([x, x_nb], 0)
+            B = v.shape[0]
             # One encoder pass for anchors and neighbours together (batch norm sees both).
-            mu_all, logvar_all = self.encoder(self.encoder_in(torch.cat([x, x_nb], 0)))
+            mu_all, logvar_all = self.encoder(self.encoder_in(x))
         else:
+            B = x.shape[0]
             mu_all, logvar_all = self.encoder(self.encoder_in(x, v))
+        x_anchor = x if x.shape[0] == B else (csr_head(x, B) if x.layout == torch.sparse_csr else x[:B])
         z = reparameterize(mu_all, logvar_all, self.training)
         theta_all = torch.softmax(z, dim=1)
         theta = theta_all[:B]
@@ -145,8 +190,8 @@ class SCE2TMModule(nn.Module):
 
         cost = self.decoder.cost()
         beta = self.decoder.beta(cost)
-        logp = self.decoder(theta, beta, batch)
-        recon = -(x * logp).sum(dim=1).mean()
+        logits = self.decoder.logits(theta, beta, batch)
+        recon = multinomial_nll(x_anchor, logits).mean()
         out = {"reconstruction": recon, "kl": kl}
         loss = recon + kl
         if ecr_weight > 0:
