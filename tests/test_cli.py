@@ -84,3 +84,37 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     rep = json.loads((tmp_path / "demo" / "train.json").read_text())
     assert 0 <= rep["demo_metrics"]["ari_oracle"] <= 1
     assert 0 < rep["demo_metrics"]["td"] <= 1
+
+
+def _corrupt(adata, how):
+    X = adata.X.toarray().astype(np.float32)
+    if how == "negative":
+        X[0, 0] = -3
+    elif how == "nan":
+        X[1, 2] = np.nan
+    elif how == "inf":
+        X[1, 2] = np.inf
+    adata.X = X
+    if how == "duplicate":
+        names = adata.var_names.to_list()
+        names[5] = names[4]
+        adata.var_names = names
+    if how == "nan_embedding":
+        emb = np.random.default_rng(0).normal(size=(adata.n_obs, 8)).astype(np.float32)
+        emb[7, 1] = np.nan
+        adata.obsm["X_emb"] = emb
+    return adata
+
+
+@pytest.mark.parametrize(
+    "how, pattern, extra",
+    [("negative", "negative values", []), ("nan", "NaN", []), ("inf", "infinite", []),
+     ("duplicate", "duplicate gene names", []),
+     ("nan_embedding", "NaN", ["--external-key", "X_emb"])],
+)
+def test_cli_bad_inputs(small_adata, tmp_path, capsys, how, pattern, extra):
+    path = tmp_path / f"{how}.h5ad"
+    _corrupt(small_adata, how).write_h5ad(path)
+    code, cap = _fit([path, "--out", tmp_path / "o", "--max-epochs", 1, "--n-hvg", 0, *extra], capsys)
+    assert code == 2
+    assert pattern in cap.err and len(cap.err.strip().splitlines()) == 1

@@ -121,7 +121,7 @@ def test_enrichment_summary_ora_and_gsea():
     )
     # P_O = (0,A), (0,B), (1,A), (1,D), (2,E) -> N = 4 distinct sets, U = 4/5, Q = 16/5
     s = enrichment_summary(ora)
-    assert s == {"n": 4, "u": pytest.approx(0.8), "q": pytest.approx(3.2), "pairs": 5}
+    assert s == {"n": 4, "u": pytest.approx(0.8), "q": pytest.approx(3.2), "pairs": 5, "fdr_column": "fdr"}
     # the reference notebook's stricter threshold
     s = enrichment_summary(ora, fdr=0.01)
     assert (s["n"], s["pairs"]) == (2, 3)
@@ -131,8 +131,11 @@ def test_enrichment_summary_ora_and_gsea():
     s = enrichment_summary(gsea)
     assert (s["n"], s["pairs"]) == (2, 3)
     assert s["q"] == pytest.approx(2 * 2 / 3)
+    # With GSEA's own NES-based FDR present, it is the one thresholded (as gseapy's q-value).
+    s = enrichment_summary(gsea.assign(fdr_nes=[0.001, 0.001, 0.001, 0.3, 0.001, 0.001]))
+    assert s["fdr_column"] == "fdr_nes" and (s["n"], s["pairs"]) == (2, 2)
     empty = enrichment_summary(ora.iloc[:0])
-    assert empty == {"n": 0, "u": 0.0, "q": 0.0, "pairs": 0}
+    assert empty == {"n": 0, "u": 0.0, "q": 0.0, "pairs": 0, "fdr_column": "fdr"}
 
 
 def test_topic_coherence_document_count():

@@ -12,6 +12,7 @@ def enrichment_summary(
     fdr: float = DEFAULT_FDR,
     *,
     positive_only: bool | None = None,
+    fdr_column: str | None = None,
 ) -> dict:
     """N, U and Q of an ORA or GSEA result table.
 
@@ -34,10 +35,17 @@ def enrichment_summary(
         gene program is its top-weighted genes, so only positive enrichment (sets at the top
         of the topic's ranking) describes it; off for ORA (always over-representation).
 
+    fdr_column
+        Which FDR column to threshold. Default: ``fdr_nes`` for GSEA tables that have it
+        (GSEA's own NES-based FDR, which is what gseapy reports as "FDR q-val" and what the
+        reference notebook thresholded), ``fdr`` otherwise. BH on permutation p-values cannot
+        go below about ``n_sets / permutations``: with 1,000 permutations and ~3,800 GO sets no
+        pair reaches 0.01.
+
     Returns
     -------
     dict
-        ``n``, ``u``, ``q`` and ``pairs`` (= |P_O|).
+        ``n``, ``u``, ``q``, ``pairs`` (= |P_O|) and ``fdr_column``.
     """
     missing = {"topic", "set", "fdr"} - set(table.columns)
     if missing:
@@ -47,7 +55,9 @@ def enrichment_summary(
         if "method" in table.columns and len(table):
             is_gsea = is_gsea or table["method"].astype(str).str.lower().eq("gsea").all()
         positive_only = bool(is_gsea)
-    sig = table["fdr"].astype(float) < fdr
+    if fdr_column is None:
+        fdr_column = "fdr_nes" if positive_only and "fdr_nes" in table.columns else "fdr"
+    sig = table[fdr_column].astype(float) < fdr
     if positive_only:
         if "statistic" not in table.columns:
             raise ValueError("positive_only needs a 'statistic' column (NES)")
@@ -56,4 +66,4 @@ def enrichment_summary(
     pairs = int(len(hits))
     n = int(hits["set"].nunique())
     u = n / pairs if pairs else 0.0
-    return {"n": n, "u": float(u), "q": float(n * u), "pairs": pairs}
+    return {"n": n, "u": float(u), "q": float(n * u), "pairs": pairs, "fdr_column": fdr_column}
