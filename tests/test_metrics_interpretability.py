@@ -133,7 +133,8 @@ def test_enrichment_summary_ora_and_gsea():
     assert s["q"] == pytest.approx(2 * 2 / 3)
     # With GSEA's own NES-based FDR present, it is the one thresholded (as gseapy's q-value).
     s = enrichment_summary(gsea.assign(fdr_nes=[0.001, 0.001, 0.001, 0.3, 0.001, 0.001]))
-    assert s["fdr_column"] == "fdr_nes" and (s["n"], s["pairs"]) == (2, 2)
+    # positive NES and fdr_nes < 0.05: (0,A), (0,C), (1,D)
+    assert s["fdr_column"] == "fdr_nes" and (s["n"], s["pairs"]) == (3, 3)
     empty = enrichment_summary(ora.iloc[:0])
     assert empty == {"n": 0, "u": 0.0, "q": 0.0, "pairs": 0, "fdr_column": "fdr"}
 
