@@ -154,3 +154,13 @@ def test_hvg_selection_inside_model(small_adata):
     m.train(max_epochs=1, batch_size=150, progress=False)
     tg = m.adata.varm["sce2tm_topic_gene"]
     assert tg.shape == (small_adata.n_vars, 4) and np.isfinite(tg).all(axis=1).sum() == 300
+
+
+def test_evaluate_reads_a_gene_subset_model_in_memory(small_adata):
+    from sctopic import metrics
+
+    m = sctopic.SCE2TM(small_adata, n_topics=4, n_top_genes=300, n_hidden=16, emb_dim=8)
+    m.train(max_epochs=1, batch_size=150, progress=False)
+    res = metrics.evaluate(m.adata, labels="cell_type", genesets=("hallmark",), permutations=0)
+    assert res["td"] == pytest.approx(metrics.topic_diversity(m.get_topic_gene().to_numpy(), 10))
+    assert res["n_genes"] == 300 or res.get("n_topics") == 4

@@ -237,7 +237,7 @@ def evaluate(
         _tick("ip_td", t0)
         libs = [genesets] if isinstance(genesets, str) else list(genesets or [])
         per_lib = {}
-        genes = list(map(str, adata.var_names))
+        genes = outs.genes or list(map(str, adata.var_names))
         for lib in libs:
             per_lib_res, lib_secs = _score_library(
                 lib, tg, genes, top_n=top_n, fdr=fdr, permutations=permutations, seed=seed,

@@ -52,6 +52,9 @@ class ModelOutputs:
     model: str | None
     theta: np.ndarray | None
     topic_gene: np.ndarray | None
+    #: Gene names of the topic-gene columns (``uns[<model>]['genes']`` when the model used a
+    #: subset of ``var_names``, e.g. highly variable genes; otherwise ``var_names``).
+    genes: list[str] | None = None
 
 
 def _dense(x) -> np.ndarray:
@@ -97,6 +100,10 @@ def model_outputs(adata, model: str | None = None) -> ModelOutputs:
         topic_gene = _dense(entry["topic_gene"])
         if not np.isfinite(topic_gene).all():
             raise InputError(f"uns['{model}']['topic_gene'] contains NaN or infinite values")
+        genes = entry.get("genes", None)
+        if genes is not None and topic_gene.ndim == 2 and len(genes) == topic_gene.shape[1] != adata.n_vars:
+            # Models trained on a gene subset store their genes: score over those.
+            return ModelOutputs(model, theta, topic_gene, [str(g) for g in genes])
         if topic_gene.ndim == 2 and topic_gene.shape[0] == adata.n_vars != topic_gene.shape[1]:
             topic_gene = topic_gene.T  # stored genes x topics: accept, as genesets does
         if topic_gene.ndim != 2 or topic_gene.shape[1] != adata.n_vars:
@@ -109,4 +116,4 @@ def model_outputs(adata, model: str | None = None) -> ModelOutputs:
                 f"obsm['{key}'] has {theta.shape[1]} topics but uns['{model}']['topic_gene'] "
                 f"has {topic_gene.shape[0]}."
             )
-    return ModelOutputs(model, theta, topic_gene)
+    return ModelOutputs(model, theta, topic_gene, list(map(str, adata.var_names)))
