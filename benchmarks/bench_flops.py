@@ -60,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=20, help="timed steps (after warm-up)")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--layout", choices=["auto", "dense", "csr"], default="auto",
+                   help="count matrix layout of the minibatch: what training uses (auto: the "
+                        "model's RowStore choice), dense, or sparse CSR")
     p.add_argument("--work-dir", default=str(HERE / "work"))
     p.add_argument("--results-dir", default=str(HERE / "results"))
     return p.parse_args(argv)
@@ -82,8 +85,23 @@ NO_ARITH_OPS = {
 }
 
 
+def _is_sparse(t) -> bool:
+    import torch
+
+    return isinstance(t, torch.Tensor) and t.layout != torch.strided
+
+
 def _matmul_flops(name: str, args) -> tuple[int, tuple]:
-    """FLOPs and a (shapes, strides) key for matmul-family ops (2 per multiply-add)."""
+    """FLOPs and a (shapes, strides) key for matmul-family ops (2 per multiply-add).
+
+    A sparse operand counts its stored entries only: 2 * nnz * (other dimension)."""
+    if name in ("mm", "addmm"):
+        a, b = (args[0], args[1]) if name == "mm" else (args[1], args[2])
+        if _is_sparse(a) or _is_sparse(b):
+            sp_, dn = (a, b) if _is_sparse(a) else (b, a)
+            other = dn.shape[1] if sp_ is a else dn.shape[0]
+            nnz = int(sp_._nnz())
+            return 2 * nnz * other, ("spmm", tuple(a.shape), nnz, tuple(b.shape), _is_sparse(a))
     if name == "mm":
         a, b = args[0], args[1]
     elif name == "addmm":
@@ -191,6 +209,23 @@ def matmul_rates(matmuls: dict, repeats: int = 10) -> list[dict]:
             a = torch.empty_strided(sa, st_a).normal_()
             b = torch.empty_strided(sb, st_b).normal_()
             fn = lambda a=a, b=b: torch.bmm(a, b)  # noqa: E731
+        elif kind == "spmm":
+            _, sa, nnz, sb, left = key
+            sp_shape = sa if left else sb
+            gen = torch.Generator().manual_seed(0)
+            flat = torch.randperm(sp_shape[0] * sp_shape[1], generator=gen)[:nnz].sort().values
+            rows_, cols_ = flat // sp_shape[1], flat % sp_shape[1]
+            spm = torch.sparse_coo_tensor(torch.stack([rows_, cols_]), torch.rand(nnz),
+                                          sp_shape).coalesce().to_sparse_csr()
+            dn = torch.randn(sb if left else sa)
+            fn = (lambda a=spm, b=dn: a @ b) if left else (lambda a=dn, b=spm: a @ b)  # noqa: E731
+            per_call = flops / calls
+            t = time_fn(fn, repeats)
+            rows.append({"op": "spmm (sparse x dense)" if left else "mm (dense x sparse)",
+                         "shapes": [list(sa), list(sb)], "nnz": nnz, "calls": calls,
+                         "flops": int(flops), "seconds_per_call": t,
+                         "gflops_per_s": per_call / t / 1e9})
+            continue
         elif kind == "mv":
             _, sa, st_a, sb = key
             a = torch.empty_strided(sa, st_a).normal_()
@@ -200,7 +235,8 @@ def matmul_rates(matmuls: dict, repeats: int = 10) -> list[dict]:
             continue
         per_call = flops / calls
         t = time_fn(fn, repeats)
-        rows.append({"op": kind, "shapes": [list(key[1]), list(key[3])], "strides": [list(key[2])],
+        rows.append({"op": kind, "shapes": [list(key[1]), list(key[3])],
+                     "strides": [list(key[2])] + ([list(key[4])] if len(key) > 4 else []),
                      "calls": calls, "flops": int(flops), "seconds_per_call": t,
                      "gflops_per_s": per_call / t / 1e9})
     return rows
@@ -245,8 +281,24 @@ def load_model(args):
     return model, X, adata.obsm["X_svd512"], prep
 
 
-def make_step(model, X, emb, batch_size: int, seed: int):
-    """A closure running one full optimisation step through ``model.module``."""
+def resolve_layout(layout: str, X) -> str:
+    if layout != "auto":
+        return layout
+    try:
+        from sctopic.data.loader import DENSE_BYTES_MAX
+
+        return "dense" if X.shape[0] * X.shape[1] * 4 <= DENSE_BYTES_MAX else "csr"
+    except ImportError:  # pragma: no cover
+        return "dense"
+
+
+def make_step(model, X, emb, batch_size: int, seed: int, layout: str = "dense"):
+    """A closure running one full optimisation step through ``model.module``.
+
+    The batch is built as training builds it: the anchors and one sampled neighbour of each
+    (here: random cells; the cost is the same) stacked in one count matrix ``x`` (2B rows),
+    their external views ``v`` and ``v_nb``.  Falls back to the ``x`` / ``x_nb`` form for a
+    module that does not take the stacked one."""
     import torch
 
     mod = model.module
@@ -255,21 +307,25 @@ def make_step(model, X, emb, batch_size: int, seed: int):
     n = X.shape[0]
     idx = rng.choice(n, size=min(batch_size, n), replace=False)
     nb = rng.choice(n, size=idx.size, replace=True)  # neighbour stand-ins (cost is the same)
-    x = torch.as_tensor(X[idx].toarray())
-    x_nb = torch.as_tensor(X[nb].toarray())
+
+    def counts(rows):
+        t = torch.as_tensor(X[rows].toarray())
+        return t.to_sparse_csr() if layout == "csr" else t
+
     v = torch.as_tensor(emb[idx])
     v_nb = torch.as_tensor(emb[nb])
     params = inspect.signature(mod.forward).parameters
-    kw = {"x": x}
-    if "x_nb" in params:
-        kw["x_nb"] = x_nb
-    if "v" in params:
-        kw["v"] = v
-    if "v_nb" in params:
-        kw["v_nb"] = v_nb
     ecr_w = float(getattr(model, "_init_kwargs", {}).get("ecr_weight", 100.0))
-    if "ecr_weight" in params:
-        kw["ecr_weight"] = ecr_w
+    extra = {"ecr_weight": ecr_w} if "ecr_weight" in params else {}
+    stacked = {"x": counts(np.concatenate([idx, nb])), "v": v, "v_nb": v_nb, **extra}
+    separate = {"x": counts(idx), "x_nb": counts(nb), "v": v, "v_nb": v_nb, **extra}
+    separate = {k: val for k, val in separate.items() if k in params}
+    kw = stacked
+    try:
+        with torch.no_grad():
+            mod(**stacked)
+    except Exception:  # noqa: BLE001 - older module signature
+        kw = separate
     opt = torch.optim.RMSprop(mod.parameters(), lr=1e-3)
 
     def forward_backward():
@@ -296,8 +352,9 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
 
     model, X, emb, prep = load_model(args)
-    mod, fwd_bwd, full_step, opt, kw = make_step(model, X, emb, args.batch_size, args.seed)
-    B, V = kw["x"].shape
+    layout = resolve_layout(args.layout, X)
+    mod, fwd_bwd, full_step, opt, kw = make_step(model, X, emb, args.batch_size, args.seed, layout)
+    B, V = kw["v"].shape[0], kw["x"].shape[1]
     K = args.n_topics
 
     # warm up (also warms the Sinkhorn duals, as in training after the first step)
@@ -309,8 +366,14 @@ def main(argv=None) -> int:
     with fcm:
         fwd_bwd()
     fcm_total = int(fcm.get_total_flops())
+    # per-module attribution is reliable for the forward pass only (FlopCounterMode's module
+    # tracking misplaces backward ops), so break down a forward pass separately
+    fcm_fwd = FlopCounterMode(display=False)
+    with fcm_fwd:
+        mod(**kw)
+    fwd_total = int(fcm_fwd.get_total_flops())
     by_module = {}
-    for mname, ops in fcm.get_flop_counts().items():
+    for mname, ops in fcm_fwd.get_flop_counts().items():
         if mname and mname.count(".") <= 1:
             by_module[mname] = int(sum(ops.values()))
 
@@ -360,13 +423,14 @@ def main(argv=None) -> int:
 
     res = {
         "dataset": args.dataset, "n_cells": prep["n_cells"], "n_genes": int(V), "n_topics": K,
-        "batch_size": int(B), "threads": args.threads, "torch": torch.__version__,
+        "batch_size": int(B), "layout": layout, "threads": args.threads, "torch": torch.__version__,
         "machine": f"{os.cpu_count()} logical CPUs",
         "step": "forward + backward (+ RMSprop update for the timing) of SCE2TMModule with "
                 "cross-view (anchor and one neighbour batch on both views), ECR weight "
                 f"{kw.get('ecr_weight')}, driven through model.module",
         "flop_counter_mode_total": fcm_total,
-        "flop_counter_mode_by_module": by_module,
+        "flop_counter_mode_forward_total": fwd_total,
+        "flop_counter_mode_forward_by_module": by_module,
         "dispatch_matmul_flops": int(mm_flops),
         "dispatch_matmul_flops_note": "same ops as FlopCounterMode (mm/addmm/bmm) plus any mv "
                                       "outside ECR; ECR's own matmuls excluded (in Sinkhorn "
@@ -416,11 +480,13 @@ def markdown(r: dict) -> str:
     g = lambda x: f"{x / 1e9:.3f}"  # noqa: E731
     sk = r["sinkhorn"] or {"flops": 0, "iterations": 0}
     L = [f"# FLOPs of one sctopic SCE2TM training step ({r['dataset']})", "",
-         f"Batch {r['batch_size']} cells x {r['n_genes']} genes, {r['n_topics']} topics, "
+         f"Batch {r['batch_size']} cells (+ {r['batch_size']} sampled neighbours) x {r['n_genes']} genes "
+         f"({r['layout']} counts), {r['n_topics']} topics, "
          f"{r['threads']} threads, torch {r['torch']}, {r['machine']}.", "",
          "| quantity | value |", "|---|---|",
          f"| matmul FLOPs, FlopCounterMode (fwd+bwd) | {g(r['flop_counter_mode_total'])} GFLOP |",
          f"| matmul FLOPs, dispatch counter (ECR excluded) | {g(r['dispatch_matmul_flops'])} GFLOP |",
+         f"| of which forward (FlopCounterMode) | {g(r['flop_counter_mode_forward_total'])} GFLOP |",
          f"| Sinkhorn (analytic, {sk['iterations']} iterations) | {g(sk['flops'])} GFLOP |",
          f"| other elementwise (estimate, 1/element) | {g(r['elementwise_estimate_flops'])} GFLOP |",
          f"| matmul rate on the step's shapes | {r['matmul_rate_gflops_step_shapes']:.1f} GFLOP/s |",
@@ -432,13 +498,18 @@ def markdown(r: dict) -> str:
          f"| measured / floor | {r['measured_over_floor']:.2f} |",
          f"| floor / measured per epoch ({r['steps_per_epoch']} steps) | "
          f"{r['floor_seconds_per_epoch']:.3f} s / {r['measured_seconds_per_epoch_from_steps']:.3f} s |",
+         "", "Forward matmul FLOPs by module: " + ", ".join(
+             f"{k} {v / 1e9:.3f} GFLOP" for k, v in r["flop_counter_mode_forward_by_module"].items()) + ".",
          "", "Largest matmuls (isolated timing, same shapes and strides):", "",
          "| op | shapes | calls | GFLOP | GFLOP/s |", "|---|---|---|---|---|"]
     for m in r["matmuls"][:10]:
-        L.append(f"| {m['op']} | {m['shapes'][0]} x {m['shapes'][1]} | {m['calls']} | "
+        L.append(f"| {m['op']} | {m['shapes'][0]} x {m['shapes'][1]}"
+                 + (f" (nnz {m['nnz']})" if "nnz" in m else "") + f" | {m['calls']} | "
                  f"{m['flops'] / 1e9:.3f} | {m['gflops_per_s']:.1f} |")
     L += ["", "Notes:", "",
-          "- FlopCounterMode counts only the matmul family (2 FLOPs per multiply-add); it does "
+          "- FlopCounterMode counts only the matmul family (2 FLOPs per multiply-add) and counts a "
+          "sparse x dense product as if dense; the dispatch counter counts 2 x nnz x width for it. "
+          "It does "
           "not see matrix-vector products or elementwise ops, so the Sinkhorn solve (matrix-vector "
           "products and exponentials, under no_grad with envelope gradients) is counted "
           "analytically: " + (sk.get("formula") or "") + ".",

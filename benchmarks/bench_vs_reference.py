@@ -197,7 +197,30 @@ def contender_cmd(name: str, args, npz: Path, out: Path) -> list[str]:
     raise ValueError(name)
 
 
-def run_contender(name: str, args, npz: Path, out: Path, reuse: bool) -> dict | None:
+def calibrate(threads: int, seconds: float = 1.0) -> float:
+    """GFLOP/s of a fixed float32 matmul (1024x5000 @ 5000x200, the encoder's first layer)
+    with ``threads`` threads: a stamp of how fast the machine is right now.  On a shared
+    machine it can swing by several times; compare contenders only at similar stamps."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(1024, 5000), torch.randn(5000, 200)
+        a @ b
+        n, t0 = 0, time.perf_counter()
+        best = float("inf")
+        while time.perf_counter() - t0 < seconds:
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+            n += 1
+        return 2 * 1024 * 5000 * 200 / best / 1e9
+    finally:
+        torch.set_num_threads(old)
+
+
+def run_contender(name: str, args, npz: Path, out: Path, reuse: bool, allow_run: bool = True) -> dict | None:
     tfile = out / "timings.json"
     if reuse and tfile.exists():
         t = json.loads(tfile.read_text())
@@ -205,6 +228,8 @@ def run_contender(name: str, args, npz: Path, out: Path, reuse: bool) -> dict | 
             t["reused_from_earlier_run"] = True
             print(f"[{name}] reusing {tfile}")
             return t
+    if not allow_run:
+        return None
     if name in ("sce2tm", "scetm") and not (ENVS / name / "bin" / "python").exists():
         print(f"[{name}] environment missing: run benchmarks/setup_reference_envs.sh", file=sys.stderr)
         return None
@@ -218,6 +243,7 @@ def run_contender(name: str, args, npz: Path, out: Path, reuse: bool) -> dict | 
     env.pop("PYTHONPATH", None)
     print(f"[{name}] {' '.join(cmd)}", flush=True)
     load0 = os.getloadavg()[0]
+    cal0 = calibrate(args.threads)
     t0 = time.perf_counter()
     with open(out / "stdout.log", "w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(out),
@@ -233,6 +259,8 @@ def run_contender(name: str, args, npz: Path, out: Path, reuse: bool) -> dict | 
     t["process_wall_seconds"] = wall
     # 1-minute load average before and after: > threads means the cores were shared
     t["loadavg_1min_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    # matmul GFLOP/s before and after: a drop means other work slowed this contender down
+    t["calibration_gflops_before_after"] = [round(cal0, 1), round(calibrate(args.threads), 1)]
     t["epochs_requested"] = args.epochs
     tfile.write_text(json.dumps(t, indent=1))
     return t
@@ -308,7 +336,7 @@ def score(out: Path, labels, seed: int) -> dict:
     return res
 
 
-TIMING_KEYS = ("loadavg_1min_before_after", "train_seconds", "seconds_per_epoch_mean", "seconds_per_epoch_median",
+TIMING_KEYS = ("loadavg_1min_before_after", "calibration_gflops_before_after", "train_seconds", "seconds_per_epoch_mean", "seconds_per_epoch_median",
                "seconds_per_epoch_first140", "seconds_per_epoch_after140",
                "seconds_per_epoch_mean_excl_first", "cells_per_second", "peak_rss_mb",
                "setup_seconds", "batch_size", "epochs", "process_wall_seconds")
@@ -359,12 +387,12 @@ def markdown(report: dict) -> str:
          f"Run {report['started']}, {report['machine']}.", "",
          "| contender | batch | s/epoch (mean) | first 140 | after 140 | cells/s | train s | setup s "
          "| peak RSS MiB | ARI oracle | NMI oracle | ARI res 1.0 | ARI logits (oracle) | TD | TD excl | IP "
-         "| load before/after |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| load before/after | GFLOP/s before/after |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in CONTENDERS:
         r = rows.get(name)
         if not r:
-            L.append(f"| {name} | (not run / failed) |" + " |" * 15)
+            L.append(f"| {name} | (not run / failed) |" + " |" * 16)
             continue
         th, lg = r["theta"], r.get("logits") or {}
         L.append("| " + " | ".join([
@@ -376,6 +404,7 @@ def markdown(report: dict) -> str:
             _f(lg.get("ari_oracle")), _f(r["topic_diversity"]), _f(r["topic_diversity_exclusive"]),
             _f(r["interpretability_purity"]),
             "/".join(_f(x, 1) for x in (r.get("loadavg_1min_before_after") or [])) or "-",
+            "/".join(_f(x, 0) for x in (r.get("calibration_gflops_before_after") or [])) or "-",
         ]) + " |")
     if report.get("ratios"):
         L += ["", "Ratios (sctopic vs reference; speedup > 1 means sctopic is faster):", "",
@@ -396,8 +425,10 @@ def markdown(report: dict) -> str:
           "- Training seconds exclude data loading, kNN/graph building and the packages' periodic "
           "evaluation (setup s is reported separately). Peak RSS is the whole contender process "
           "(resource.getrusage ru_maxrss).",
-          "- The machine's 2 cores may be shared with other work; the last column is the 1-minute "
-          "load average before/after each contender (above the thread count = contended timings).",
+          "- The machine's 2 cores may be shared with other work. The last two columns are the "
+          "1-minute load average and a calibration matmul rate (1024x5000 @ 5000x200, float32) "
+          "measured just before and after each contender: compare timings only where these are "
+          "similar (on this machine the rate was seen to swing 10x with other users' load).",
           "- scETM counts an epoch as n_cells/batch_size steps of its resampling stream (batch 2000 "
           "by default); sce2tm and sctopic use batch 512."]
     for name in CONTENDERS:
@@ -428,6 +459,33 @@ def markdown(report: dict) -> str:
     return "\n".join(L) + "\n"
 
 
+def plot_epochs(rows: dict, path: Path, args) -> Path | None:
+    """Seconds per epoch against epoch for every contender (shows sce2tm's late slowdown)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for name, r in rows.items():
+        e = r.get("epoch_seconds") or []
+        if e:
+            ax.plot(np.arange(1, len(e) + 1), e, label=f"{name} (batch {r.get('batch_size')})", lw=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("seconds per epoch")
+    ax.set_yscale("log")
+    ax.set_title(f"{args.dataset}: {args.n_topics} topics, {args.threads} threads")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     names = [c.strip() for c in args.contenders.split(",") if c.strip()]
@@ -445,7 +503,7 @@ def main(argv=None) -> int:
         out = work / f"{name}_e{args.epochs}_t{args.n_topics}"
         is_ref = name != "sctopic"
         if is_ref and args.skip_reference:
-            t = run_contender(name, args, npz, out, reuse=True) if (out / "timings.json").exists() else None
+            t = run_contender(name, args, npz, out, reuse=True, allow_run=False)
             if t is None:
                 print(f"[{name}] skipped (--skip-reference, no earlier output)")
                 continue
@@ -485,8 +543,9 @@ def main(argv=None) -> int:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
+    png = plot_epochs(rows, stem.with_name(stem.name + "_epochs.png"), args)
     print(markdown(report))
-    print(f"wrote {stem}.json and {stem}.md")
+    print(f"wrote {stem}.json and {stem}.md" + (f" and {png.name}" if png else ""))
     return 0 if rows else 1
 
 

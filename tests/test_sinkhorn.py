@@ -101,3 +101,21 @@ def test_ecr_warm_state_updates_only_in_training():
     first = ecr.last_iterations
     ecr(C)
     assert ecr.last_iterations <= first
+
+
+def test_implicit_gradient_equals_unrolled_limit():
+    # The implicit-differentiation gradient of <P*(C), C> equals autograd through a fully
+    # converged unrolled solve (float64), and differs from the envelope gradient (the plan).
+    C, a, b = _problem(K=6, V=40, seed=6)
+    C1 = C.clone().requires_grad_(True)
+    plan_u, _ = sinkhorn_unrolled(C1, a, b, eps=0.05, tol=1e-12, max_iter=20000, check_every=1)
+    (g_unrolled,) = torch.autograd.grad((plan_u * C1).sum(), C1)
+    C2 = C.clone().requires_grad_(True)
+    ecr = ECR(6, 40, eps=0.05, grad="implicit", tol=1e-12, max_iter=100000).double()
+    (g_implicit,) = torch.autograd.grad(ecr(C2), C2)
+    np.testing.assert_allclose(g_implicit.numpy(), g_unrolled.numpy(), atol=1e-7, rtol=1e-5)
+    assert float((g_implicit - ecr_plan(C, a, b)).abs().max()) > 1e-4
+
+
+def ecr_plan(C, a, b):
+    return torch.as_tensor(_pot_log(C, a, b, 0.05))

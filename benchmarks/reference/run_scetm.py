@@ -150,14 +150,15 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "n_samplers": args.n_samplers,
         "n_steps": len(stamps),
-        "steps_per_epoch": n_cells / args.batch_size,
+        "steps_per_epoch": float(trainer.steps_per_epoch),
         "train_seconds": train_seconds,
         "seconds_per_step_mean": float(np.mean(np.diff([t_train0] + list(times)))) if stamps else None,
         "setup_seconds": setup_seconds,
         "inference_seconds": infer_seconds,
         "epoch_seconds": epoch_secs,
         **C.epoch_summary(epoch_secs),
-        "cells_per_second": len(stamps) * args.batch_size / train_seconds,
+        # with batch_size >= n_cells scETM feeds the whole data set at every step
+        "cells_per_second": len(stamps) * min(args.batch_size, n_cells) / train_seconds,
         "peak_rss_mb": C.peak_rss_mb(),
         "peak_rss_mb_before_train": peak_before_train,
         "peak_rss_mb_after_train": peak_after_train,
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
         "env": C.environment(["scetm", "numpy", "scipy", "pandas", "scanpy", "anndata"]),
     }
     C.save_json(out / "timings.json", timings)
-    print(f"[scetm] {args.epochs} epochs ({len(stamps)} steps of {args.batch_size}) in "
+    print(f"[scetm] {args.epochs} epochs ({len(stamps)} steps of {min(args.batch_size, n_cells)}) in "
           f"{train_seconds:.1f} s ({timings['seconds_per_epoch_mean']:.3f} s/epoch), "
           f"peak RSS {timings['peak_rss_mb']:.0f} MiB -> {out}")
     return 0

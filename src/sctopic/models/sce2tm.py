@@ -55,7 +55,8 @@ class SCE2TM(BaseTopicModel):
     ecr_weight
         Weight lambda of ECR (100 as in the reference configuration; 0: "w/o ECR").
     ecr_eps, ecr_grad
-        Sinkhorn regularisation (0.05) and gradient mode (``"envelope"`` or ``"unrolled"``).
+        Sinkhorn regularisation (0.05) and gradient mode: ``"envelope"`` (plan as a constant),
+        ``"implicit"`` (exact gradient through the plan) or ``"unrolled"`` (reference).
     entropy_weight, temperature
         alpha of the entropy regulariser (5) and contrastive temperature (0.5).
     n_neighbors
@@ -95,8 +96,8 @@ class SCE2TM(BaseTopicModel):
             raise InputError(f"ecr_weight must be >= 0, got {ecr_weight}.")
         if cross_view and external_concat:
             raise InputError("cross_view=True and external_concat=True are alternatives; set cross_view=False for 'w/ EC'.")
-        if ecr_grad not in {"envelope", "unrolled"}:
-            raise InputError(f"ecr_grad must be 'envelope' or 'unrolled', got {ecr_grad!r}.")
+        if ecr_grad not in ("envelope", "implicit", "unrolled"):
+            raise InputError(f"ecr_grad must be 'envelope', 'implicit' or 'unrolled', got {ecr_grad!r}.")
         self._setup_data(adata, layer, n_top_genes)
         self._pca = None
         self.external_ = None
