@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     rss_before_train = C.current_rss_mb()
     peak_before_train = C.peak_rss_mb()
     t1 = time.perf_counter()
-    model.train(max_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    # Same schedule as the reference: halve the learning rate every 125 epochs.
+    model.train(max_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lr_step_epochs=125)
     train_call_seconds = time.perf_counter() - t1
     peak_after_train = C.peak_rss_mb()
 
