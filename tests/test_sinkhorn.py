@@ -75,7 +75,7 @@ def test_warm_start_converges_to_the_same_plan_faster():
 def test_envelope_gradient_is_the_plan_and_matches_unrolled_value():
     C, a, b = _problem(K=8, V=50, seed=4)
     C = C.clone().requires_grad_(True)
-    ecr = ECR(8, 50, eps=0.05, tol=1e-10, max_iter=100000).double()
+    ecr = ECR(8, 50, eps=0.05, grad="envelope", tol=1e-10, max_iter=100000).double()
     loss = ecr(C)
     (grad,) = torch.autograd.grad(loss, C)
     plan = torch.as_tensor(_pot_log(C.detach(), a, b, 0.05))

@@ -55,8 +55,13 @@ class SCE2TM(BaseTopicModel):
     ecr_weight
         Weight lambda of ECR (100 as in the reference configuration; 0: "w/o ECR").
     ecr_eps, ecr_grad
-        Sinkhorn regularisation (0.05) and gradient mode: ``"envelope"`` (plan as a constant),
-        ``"implicit"`` (exact gradient through the plan) or ``"unrolled"`` (reference).
+        Sinkhorn regularisation (0.05) and gradient mode. The plan is always solved without
+        autograd, log-stabilised and warm-started from the previous step (except
+        ``"unrolled"``). ``"implicit"`` (default): exact gradient of ``<P*(C), C>`` through the
+        plan by implicit differentiation, the limit the reference's unrolled gradient converges
+        to; ``"envelope"``: the plan as a constant (gradient = plan; cheaper, but on pbmc3k it
+        gave clearly less distinct topics: TD 0.60 vs 0.75 after 200 epochs);
+        ``"unrolled"``: the reference's cold-started iterations with autograd (slow).
     entropy_weight, temperature
         alpha of the entropy regulariser (5) and contrastive temperature (0.5).
     n_neighbors
@@ -84,7 +89,7 @@ class SCE2TM(BaseTopicModel):
         external_concat: bool = False,
         ecr_weight: float = 100.0,
         ecr_eps: float = 0.05,
-        ecr_grad: str = "envelope",
+        ecr_grad: str = "implicit",
         entropy_weight: float = 5.0,
         temperature: float = 0.5,
         n_neighbors: int = 15,

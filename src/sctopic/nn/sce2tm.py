@@ -110,7 +110,7 @@ class SCE2TMModule(nn.Module):
         cross_view: bool = True,
         external_concat: bool = False,
         ecr_eps: float = 0.05,
-        ecr_grad: str = "envelope",
+        ecr_grad: str = "implicit",
         entropy_weight: float = 5.0,
         temperature: float = 0.5,
         n_batches: int = 0,
