@@ -10,28 +10,26 @@ from sctopic.data.io import write_text_atomic
 from sctopic.errors import InputError
 
 
-def positive_int(value: str) -> int:
+def _int_at_least(value: str, low: int) -> int:
     import argparse
 
     try:
         v = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"expected a number >= {low}, got {v}")
     return v
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(value, 1)
 
 
 def nonneg_int(value: str) -> int:
-    import argparse
-
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
-    return v
+    """argparse type: an integer >= 0."""
+    return _int_at_least(value, 0)
 
 
 def _clean(obj: Any) -> Any:

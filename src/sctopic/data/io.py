@@ -37,8 +37,8 @@ def read_adata(data: "ad.AnnData | str | os.PathLike", backed: bool = False) -> 
         raise InputError(f"could not read {path} as h5ad: {exc}") from exc
 
 
-def write_h5ad_atomic(adata: ad.AnnData, path: "str | os.PathLike") -> Path:
-    """Write ``adata`` to ``path`` through a temporary file and a rename.
+def atomic_write(path: "str | os.PathLike", write) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     An interrupted write leaves no half-written file under the final name.
     """
@@ -47,24 +47,19 @@ def write_h5ad_atomic(adata: ad.AnnData, path: "str | os.PathLike") -> Path:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        adata.write_h5ad(tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def write_h5ad_atomic(adata: ad.AnnData, path: "str | os.PathLike") -> Path:
+    """Write ``adata`` to ``path`` atomically (temporary file, then rename)."""
+    return atomic_write(path, adata.write_h5ad)
 
 
 def write_text_atomic(text: str, path: "str | os.PathLike") -> Path:
-    """Write text through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Write text to ``path`` atomically (temporary file, then rename)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -9,11 +9,14 @@ Two storages give the same rows:
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from sctopic.nn.sparse import csr_tensor
 
 #: Keep the count matrix dense on the device up to this many bytes.
 DENSE_BYTES_MAX = 1 << 30
@@ -60,16 +63,19 @@ class RowStore:
         O(non-zeros) instead of O(cells x genes); count matrices are 90-98% zeros.
         """
         if self.storage == "dense":
-            return self.rows(idx).to_sparse_csr()
+            d = self.rows(idx)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse (CSR tensor support is in beta|invariant checks)")
+                return d.to_sparse_csr()
         start = self._indptr.index_select(0, idx)
         lens = self._indptr.index_select(0, idx + 1) - start
         total = int(lens.sum())
         crow = torch.zeros(idx.shape[0] + 1, dtype=torch.int64, device=self.device)
         torch.cumsum(lens, 0, out=crow[1:])
         src = torch.repeat_interleave(start - crow[:-1], lens) + torch.arange(total, device=self.device)
-        return torch.sparse_csr_tensor(
+        return csr_tensor(
             crow, self._indices.index_select(0, src), self._data.index_select(0, src),
-            size=(idx.shape[0], self.shape[1]),
+            (idx.shape[0], self.shape[1]),
         )
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:

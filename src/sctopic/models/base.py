@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ import scipy.sparse as sp
 import torch
 
 from sctopic.data.counts import drop_empty, get_counts, select_genes
-from sctopic.data.io import read_adata
+from sctopic.data.io import atomic_write, read_adata
 from sctopic.data.validate import nonzero_masks
 from sctopic.errors import InputError, SctopicError
 
@@ -210,18 +209,9 @@ class BaseTopicModel:
         path = Path(path)
         if path.exists() and not overwrite:
             raise InputError(f"{path} exists; pass overwrite=True to replace it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
         payload = {"meta": json.dumps(self._meta()), "state_dict": state}
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return path
+        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike, adata=None, layer: str | None = None,

@@ -12,22 +12,9 @@ from sctopic.nn.decoder import EmbeddedTopicDecoder
 from sctopic.nn.encoder import ClusterHead, TopicEncoder, reparameterize
 from sctopic.nn.prior import kl_diag_gaussian, laplace_dirichlet_prior
 from sctopic.nn.sinkhorn import ECR
+from sctopic.nn.sparse import csr_head, csr_row_ids, csr_tensor, row_sums
 
 ENCODER_INPUTS = ("counts", "log1p")
-
-
-def csr_row_ids(x: torch.Tensor) -> torch.Tensor:
-    """Row index of every stored entry of a sparse CSR tensor."""
-    crow = x.crow_indices()
-    return torch.repeat_interleave(torch.arange(x.shape[0], device=crow.device), crow[1:] - crow[:-1])
-
-
-def row_sums(x: torch.Tensor) -> torch.Tensor:
-    """Per-row sums ``(B,)`` of a dense or sparse CSR tensor."""
-    if x.layout == torch.sparse_csr:
-        out = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        return out.index_add_(0, csr_row_ids(x), x.values())
-    return x.sum(dim=1)
 
 
 def transform_input(x: torch.Tensor, how: str) -> torch.Tensor:
@@ -38,7 +25,7 @@ def transform_input(x: torch.Tensor, how: str) -> torch.Tensor:
     lib = row_sums(x).clamp_min(1.0)
     if x.layout == torch.sparse_csr:
         vals = torch.log1p(x.values() * (1e4 / lib).index_select(0, csr_row_ids(x)))
-        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), vals, size=x.shape)
+        return csr_tensor(x.crow_indices(), x.col_indices(), vals, x.shape)
     return torch.log1p(x * (1e4 / lib)[:, None])
 
 
@@ -55,13 +42,6 @@ def multinomial_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         dot = torch.zeros(x.shape[0], dtype=logits.dtype, device=logits.device).index_add_(0, rows, picked)
         return row_sums(x) * lse - dot
     return x.sum(dim=1) * lse - (x * logits).sum(dim=1)
-
-
-def csr_head(x: torch.Tensor, n: int) -> torch.Tensor:
-    """The first ``n`` rows of a sparse CSR tensor (a cheap slice of its arrays)."""
-    crow = x.crow_indices()[: n + 1]
-    end = int(crow[-1])
-    return torch.sparse_csr_tensor(crow, x.col_indices()[:end], x.values()[:end], size=(n, x.shape[1]))
 
 
 class SCE2TMModule(nn.Module):

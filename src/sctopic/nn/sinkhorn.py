@@ -20,7 +20,6 @@ each) with cost ``C_km = ||t_k - g_m||^2`` and entropic regularisation ``epsilon
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
