@@ -59,6 +59,8 @@ def test_save_load_roundtrip_identical(trained, small_adata, tmp_path):
     np.testing.assert_array_equal(loaded.get_cell_topics(), trained.get_cell_topics())
     np.testing.assert_array_equal(loaded.get_topic_gene().to_numpy(), trained.get_topic_gene().to_numpy())
     assert loaded.history_ == trained.history_
+    with pytest.raises(InputError, match="loaded from a file"):
+        loaded.train(max_epochs=1, progress=False)
     # Inference on new cells: gene order does not matter.
     perm = small_adata[:, np.random.default_rng(0).permutation(small_adata.n_vars)].copy()
     np.testing.assert_allclose(loaded.get_cell_topics(perm), trained.get_cell_topics(), rtol=1e-5, atol=1e-6)

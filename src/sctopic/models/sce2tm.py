@@ -202,6 +202,11 @@ class SCE2TM(BaseTopicModel):
         if max_epochs < 1 or batch_size < 2:
             raise InputError("max_epochs must be >= 1 and batch_size >= 2.")
         k = self._init_kwargs
+        if (k["cross_view"] or k["external_concat"]) and self.external_ is None:
+            raise InputError(
+                "this model was loaded from a file, which does not store the external view; "
+                "continuing training is not supported yet: create a new SCE2TM to train."
+            )
         dev = resolve_device(device)
         self.device = dev
         t_start = time.perf_counter()
