@@ -118,3 +118,10 @@ def test_cli_bad_inputs(small_adata, tmp_path, capsys, how, pattern, extra):
     code, cap = _fit([path, "--out", tmp_path / "o", "--max-epochs", 1, "--n-hvg", 0, *extra], capsys)
     assert code == 2
     assert pattern in cap.err and len(cap.err.strip().splitlines()) == 1
+
+
+def test_cli_gradient_choices_match_the_module():
+    from sctopic.commands.fit import ECR_GRADS as cli_choices
+    from sctopic.nn.sinkhorn import ECR_GRADS
+
+    assert set(cli_choices) == set(ECR_GRADS)

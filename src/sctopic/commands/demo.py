@@ -28,7 +28,7 @@ def run(args) -> int:
         data="sctopic.datasets.pbmc68k_reduced()", n_topics=args.n_topics, layer=None,
         external_key=None, n_hvg=0, max_epochs=args.max_epochs, batch_size=512, lr=1e-3,
         seed=args.seed, device="auto", ecr_weight=100.0, no_cross_view=False,
-        external_concat=False, encoder_input="counts",
+        external_concat=False, encoder_input="counts", ecr_grad="implicit",
     )
     print(f"sctopic demo: scE2TM with {args.n_topics} topics on {adata.n_obs} PBMCs x "
           f"{adata.n_vars} genes (bundled pbmc68k_reduced), {args.max_epochs} epochs")

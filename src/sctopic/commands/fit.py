@@ -7,6 +7,9 @@ from pathlib import Path
 
 from sctopic.commands.common import nonneg_int, positive_int, prepare_out_dir, write_json
 
+# The gradient modes without importing torch at CLI start-up.
+ECR_GRADS = ("implicit", "envelope", "unrolled")
+
 MODELS = ("sce2tm",)
 
 
@@ -26,7 +29,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cross-view", action="store_true", help="disable the Cross-view Encoder (w/o CVE)")
     p.add_argument("--external-concat", action="store_true",
                    help="concatenate the external view to the encoder input (w/ EC ablation)")
-    p.add_argument("--ecr-grad", choices=("implicit", "envelope", "unrolled"), default="implicit",
+    p.add_argument("--ecr-grad", choices=ECR_GRADS, default="implicit",
                    help="gradient of ECR through the Sinkhorn plan (default implicit)")
     p.add_argument("--encoder-input", choices=("counts", "log1p"), default="counts",
                    help="encoder input: raw counts (reference) or log1p of normalised counts")
@@ -54,7 +57,7 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
         adata, n_topics=args.n_topics, layer=args.layer, external_key=args.external_key,
         n_top_genes=args.n_hvg or None, cross_view=cross_view,
         external_concat=args.external_concat, ecr_weight=args.ecr_weight,
-        encoder_input=args.encoder_input, ecr_grad=getattr(args, "ecr_grad", "implicit"), seed=args.seed,
+        encoder_input=args.encoder_input, ecr_grad=args.ecr_grad, seed=args.seed,
     )
     model.train(max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr,
                 device=args.device, seed=args.seed, progress=progress)

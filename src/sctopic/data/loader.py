@@ -9,14 +9,13 @@ Two storages give the same rows:
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from sctopic.nn.sparse import csr_tensor
+from sctopic.nn.sparse import csr_tensor, dense_to_csr
 
 #: Keep the count matrix dense on the device up to this many bytes.
 DENSE_BYTES_MAX = 1 << 30
@@ -63,10 +62,7 @@ class RowStore:
         O(non-zeros) instead of O(cells x genes); count matrices are 90-98% zeros.
         """
         if self.storage == "dense":
-            d = self.rows(idx)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Sparse (CSR tensor support is in beta|invariant checks)")
-                return d.to_sparse_csr()
+            return dense_to_csr(self.rows(idx))
         start = self._indptr.index_select(0, idx)
         lens = self._indptr.index_select(0, idx + 1) - start
         total = int(lens.sum())

@@ -17,6 +17,7 @@ from sctopic.errors import InputError
 from sctopic.external import resolve_view
 from sctopic.models.base import BaseTopicModel, seeded
 from sctopic.nn.sce2tm import SCE2TMModule
+from sctopic.nn.sinkhorn import ECR_GRADS
 from sctopic.train import Trainer, resolve_device
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ class SCE2TM(BaseTopicModel):
             raise InputError(f"ecr_weight must be >= 0, got {ecr_weight}.")
         if cross_view and external_concat:
             raise InputError("cross_view=True and external_concat=True are alternatives; set cross_view=False for 'w/ EC'.")
-        if ecr_grad not in ("envelope", "implicit", "unrolled"):
-            raise InputError(f"ecr_grad must be 'envelope', 'implicit' or 'unrolled', got {ecr_grad!r}.")
+        if ecr_grad not in ECR_GRADS:
+            raise InputError(f"ecr_grad must be one of {ECR_GRADS}, got {ecr_grad!r}.")
         self._setup_data(adata, layer, n_top_genes)
         self._pca = None
         self.external_ = None

@@ -6,11 +6,22 @@ import warnings
 import torch
 
 
+#: torch warns once per process that sparse CSR support is "beta"; it is noise for users here.
+_BETA_WARNING = "Sparse (CSR tensor support is in beta|invariant checks)"
+
+
 def csr_tensor(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, size) -> torch.Tensor:
     """Build a sparse CSR tensor, without torch's once-per-process "beta" warning."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support is in beta|invariant checks)")
+        warnings.filterwarnings("ignore", message=_BETA_WARNING)
         return torch.sparse_csr_tensor(crow, col, val, size=tuple(size))
+
+
+def dense_to_csr(x: torch.Tensor) -> torch.Tensor:
+    """A dense tensor as sparse CSR, without torch's "beta" warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_BETA_WARNING)
+        return x.to_sparse_csr()
 
 
 def csr_row_ids(x: torch.Tensor) -> torch.Tensor:
