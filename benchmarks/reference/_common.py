@@ -54,6 +54,8 @@ def load_input(path: str | os.PathLike) -> dict:
         "cells": [str(c) for c in z["cells"]],
         "labels": [str(c) for c in z["labels"]],
     }
+    if "batches" in z.files:
+        out["batches"] = [str(b) for b in z["batches"]]
     if out["embedding"].shape[0] != X.shape[0]:
         raise ValueError("embedding and counts have different numbers of cells")
     return out

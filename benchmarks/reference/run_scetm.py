@@ -51,7 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--n-topics", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=2000, help="scETM's default is 2000")
     p.add_argument("--n-samplers", type=int, default=4, help="scETM's default is 4 threads")
-    p.add_argument("--batch-key", default=None, help="obs column to use as scETM batch (default none)")
+    p.add_argument("--batch-key", default=None,
+                   help="use the 'batches' array of input.npz as scETM's batch (intercepts)")
     return p.parse_args(argv)
 
 
@@ -75,7 +76,12 @@ def main(argv=None) -> int:
     adata = ad.AnnData(X=sp.csr_matrix(data["X"]), obs=obs, var=pd.DataFrame(index=data["genes"]))
     n_batches = 1
     if args.batch_key:
-        raise SystemExit("--batch-key needs a batch column in input.npz; not wired yet")
+        if "batches" not in data:
+            raise SystemExit("--batch-key needs a 'batches' array in input.npz")
+        # scETM reads batch codes from obs['batch_indices'] (its default batch_col)
+        codes = pd.Categorical(data["batches"])
+        adata.obs["batch_indices"] = np.asarray(codes.codes, dtype=np.int64)
+        n_batches = len(codes.categories)
 
     log_path = out / "train.log"
     logfh = open(log_path, "w")
@@ -110,14 +116,15 @@ def main(argv=None) -> int:
         t_train0 = time.perf_counter()
         trainer.train(
             n_epochs=args.epochs, eval=False, save_model_ckpt=False, n_samplers=args.n_samplers,
-            eval_every=args.epochs,
+            eval_every=args.epochs, batch_col="batch_indices",
         )
         t_train1 = time.perf_counter()
         peak_after_train = C.peak_rss_mb()
 
         t_inf0 = time.perf_counter()
         embs, _ = model.get_cell_embeddings_and_nll(
-            adata, batch_size=args.batch_size, emb_names=["delta", "theta"], inplace=False
+            adata, batch_size=args.batch_size, emb_names=["delta", "theta"], inplace=False,
+            batch_col="batch_indices",
         )
         infer_seconds = time.perf_counter() - t_inf0
         with torch.no_grad():
@@ -149,6 +156,7 @@ def main(argv=None) -> int:
         "seed": args.seed,
         "threads": args.threads,
         "n_samplers": args.n_samplers,
+        "n_batches": n_batches,
         "n_steps": len(stamps),
         "steps_per_epoch": float(trainer.steps_per_epoch),
         "train_seconds": train_seconds,

@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "SCE2TM": "sctopic.models.sce2tm",
     "SCETM": "sctopic.models.scetm",
+    "load_model": "sctopic.models.transfer",
+    "transfer": "sctopic.models.transfer",
 }
 _SUBMODULES = {
     "data", "external", "nn", "models", "train", "genesets", "metrics",

@@ -18,9 +18,13 @@ from sctopic.errors import SctopicError
 COMMANDS: dict[str, str] = {
     "demo": "sctopic.commands.demo",
     "fit": "sctopic.commands.fit",
+    "transfer": "sctopic.commands.transfer",
     "evaluate": "sctopic.commands.evaluate",
     "enrich": "sctopic.commands.enrich",
+    "embed": "sctopic.commands.embed",
     "bench": "sctopic.commands.bench",
+    "perturb": "sctopic.commands.perturb",
+    "survival": "sctopic.commands.survival",
 }
 
 

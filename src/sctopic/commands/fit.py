@@ -10,19 +10,30 @@ from sctopic.commands.common import nonneg_int, positive_int, prepare_out_dir, w
 # The gradient modes without importing torch at CLI start-up.
 ECR_GRADS = ("implicit", "envelope", "unrolled")
 
-MODELS = ("sce2tm",)
+MODELS = ("sce2tm", "scetm")
+
+#: Per-model defaults of the shared training flags (each package's published defaults).
+TRAIN_DEFAULTS = {
+    "sce2tm": {"max_epochs": 500, "batch_size": 512, "lr": 1e-3},
+    "scetm": {"max_epochs": 800, "batch_size": 2000, "lr": 5e-3},
+}
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-topics", type=positive_int, default=100, help="number of topics (default 100)")
     p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
-    p.add_argument("--external-key", default=None,
-                   help="obsm key of the external view, or 'pca' (default) / 'random'")
+    p.add_argument("--external-key", "--external", dest="external_key", default=None,
+                   help="sce2tm: external view: an obsm key, 'pca' (default), 'random', 'go', "
+                        "'scgpt:DIR' or 'geneformer:DIR'")
+    p.add_argument("--batch-key", default=None,
+                   help="obs column of batches: per-batch gene intercepts in the decoder")
     p.add_argument("--n-hvg", type=nonneg_int, default=5000,
                    help="highly variable genes to keep (default 5000; 0 keeps all)")
-    p.add_argument("--max-epochs", type=positive_int, default=500, help="epochs (default 500)")
-    p.add_argument("--batch-size", type=positive_int, default=512, help="cells per minibatch (default 512)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--max-epochs", type=positive_int, default=None,
+                   help="epochs (default 500 for sce2tm, 800 for scetm)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="cells per minibatch (default 512 for sce2tm, 2000 for scetm)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 sce2tm, 5e-3 scetm)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--ecr-weight", type=float, default=100.0, help="ECR weight lambda (0: w/o ECR)")
@@ -33,6 +44,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="gradient of ECR through the Sinkhorn plan (default implicit)")
     p.add_argument("--encoder-input", choices=("counts", "log1p"), default="counts",
                    help="encoder input: raw counts (reference) or log1p of normalised counts")
+    p.add_argument("--adversarial", action="store_true",
+                   help="scetm: batch discriminator on the topic logits (scETM+adv; needs --batch-key)")
+    p.add_argument("--gene-sets", default=None,
+                   help="scetm: p-scETM with rho fixed to this library (bundled name or GMT path)")
 
 
 def register(sub) -> None:
@@ -47,20 +62,48 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+SCE2TM_ONLY = {"external_key": None, "ecr_weight": 100.0, "no_cross_view": False,
+               "external_concat": False, "ecr_grad": "implicit", "encoder_input": "counts"}
+SCETM_ONLY = {"adversarial": False, "gene_sets": None}
+
+
+def _check_flags(args, model: str) -> None:
+    """Refuse flags that the chosen model would silently ignore."""
+    from sctopic.errors import InputError
+
+    other = SCETM_ONLY if model == "sce2tm" else SCE2TM_ONLY
+    for name, default in other.items():
+        if getattr(args, name, default) != default:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(f"{flag} does not apply to --model {model}.")
+
+
 def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
     """Train according to parsed arguments, write the three outputs, return the report."""
     import sctopic
 
     t0 = time.perf_counter()
-    cross_view = not args.no_cross_view and not args.external_concat
-    model = sctopic.SCE2TM(
-        adata, n_topics=args.n_topics, layer=args.layer, external_key=args.external_key,
-        n_top_genes=args.n_hvg or None, cross_view=cross_view,
-        external_concat=args.external_concat, ecr_weight=args.ecr_weight,
-        encoder_input=args.encoder_input, ecr_grad=args.ecr_grad, seed=args.seed,
-    )
-    model.train(max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr,
-                device=args.device, seed=args.seed, progress=progress)
+    name = getattr(args, "model", "sce2tm") or "sce2tm"
+    _check_flags(args, name)
+    train = {k: getattr(args, k, None) for k in TRAIN_DEFAULTS[name]}
+    train = {k: TRAIN_DEFAULTS[name][k] if v is None else v for k, v in train.items()}
+    batch_key = getattr(args, "batch_key", None)
+    if name == "scetm":
+        model = sctopic.SCETM(
+            adata, n_topics=args.n_topics, layer=args.layer, batch_key=batch_key,
+            n_top_genes=args.n_hvg or None, gene_sets=getattr(args, "gene_sets", None),
+            adversarial=getattr(args, "adversarial", False), seed=args.seed,
+        )
+    else:
+        cross_view = not args.no_cross_view and not args.external_concat
+        model = sctopic.SCE2TM(
+            adata, n_topics=args.n_topics, layer=args.layer, external_key=args.external_key,
+            n_top_genes=args.n_hvg or None, cross_view=cross_view,
+            external_concat=args.external_concat, ecr_weight=args.ecr_weight,
+            encoder_input=args.encoder_input, ecr_grad=args.ecr_grad, batch_key=batch_key,
+            seed=args.seed,
+        )
+    model.train(**train, device=args.device, seed=args.seed, progress=progress)
     model.save(out / "model.pt")
     from sctopic.data.io import write_h5ad_atomic
 
@@ -74,7 +117,9 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
         "n_cells": int(model.adata.n_obs),
         "n_genes": len(model.genes),
         "settings": {**model._init_kwargs, **model.train_settings_},
-        "external_view": model._init_kwargs["external_key"],
+        "external_view": model._init_kwargs.get("external_key"),
+        "batch_key": batch_key,
+        "batches": list(model.batch_categories_),
         "graphs": model.graph_stats_,
         "seconds_total": time.perf_counter() - t0,
         "seconds_training": model.train_seconds_,

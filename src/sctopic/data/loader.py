@@ -92,6 +92,28 @@ class RowStore:
         return out
 
 
+#: Minibatches are dense when at least this fraction of the counts is non-zero.
+DENSE_BATCH_DENSITY = 0.10
+
+
+def minibatch_layout(X, storage: str = "auto") -> str:
+    """``"dense"`` or ``"csr"`` minibatches for a count matrix.
+
+    ``"auto"`` picks dense batches at densities >= :data:`DENSE_BATCH_DENSITY`. Measured on
+    one CPU thread, first layer (2000 cells -> 128 units) forward + backward: Kang 8 donors
+    (1,287 genes, 27% non-zero) dense 15.6 ms vs sparse 62.6 ms; pbmc3k with 5,000 HVGs (7%)
+    dense 58.5 ms vs sparse 41.5 ms. The sparse weight gradient transposes the batch (a sort
+    of its entries), which stops paying off once a quarter of the entries are stored.
+    """
+    if storage in ("dense", "csr"):
+        return storage
+    if storage != "auto":
+        raise ValueError(f"storage must be 'auto', 'dense' or 'csr', got {storage!r}")
+    n, V = X.shape
+    nnz = X.nnz if sp.issparse(X) else int(np.count_nonzero(X))
+    return "dense" if nnz >= DENSE_BATCH_DENSITY * max(n * V, 1) else "csr"
+
+
 def batch_indices(
     n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None, device, drop_last: bool = False
 ) -> Iterator[torch.Tensor]:

@@ -193,6 +193,8 @@ class BaseTopicModel:
             "init": self._init_kwargs,
             "genes": self.genes,
             "extra": self._extra_meta(),
+            "batch": {"key": getattr(self, "batch_key", None),
+                      "categories": list(getattr(self, "batch_categories_", []) or [])},
             "history": getattr(self, "history_", {}),
             "is_trained": bool(getattr(self, "is_trained_", False)),
         }
@@ -244,6 +246,10 @@ class BaseTopicModel:
         self.genes = list(meta["genes"])
         self.history_ = meta.get("history", {})
         self.is_trained_ = bool(meta.get("is_trained", False))
+        batch = meta.get("batch", {}) or {}
+        self.batch_key = batch.get("key")
+        self.batch_categories_ = list(batch.get("categories", []))
+        self._batch_codes = None
         self._restore_extra(meta.get("extra", {}))
         self.module = self._make_module()
         self.module.load_state_dict(payload["state_dict"])
@@ -274,9 +280,86 @@ class BaseTopicModel:
     def _topic_embedding(self) -> np.ndarray | None:
         return None
 
-    def get_cell_topics(self, adata=None, logits: bool = False, **kw) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    def _inference_view(self, data: ad.AnnData | None, is_training_data: bool) -> np.ndarray | None:
+        """Extra per-cell input of the encoder at inference (an external view), or None."""
+        return None
 
+    def get_cell_topics(
+        self,
+        adata: ad.AnnData | str | None = None,
+        logits: bool = False,
+        layer: str | None = None,
+        batch_size: int = 4096,
+        allow_missing_genes: bool = False,
+    ) -> np.ndarray:
+        """Cell-topic proportions theta (rows sum to 1), or the topic logits delta.
+
+        Parameters
+        ----------
+        adata
+            ``None`` for the training data, or new cells (genes aligned by name: zero-shot
+            transfer).
+        logits
+            Return the posterior-mean logits delta instead of theta = softmax(delta).
+        layer
+            Layer of ``adata`` with raw counts (default: the training layer).
+        batch_size
+            Cells per inference batch.
+        allow_missing_genes
+            Fill model genes absent from ``adata`` with zeros (with a warning stating the
+            fraction) instead of failing.
+        """
+        from sctopic.data.loader import RowStore, batch_indices
+
+        self._check_trained()
+        if adata is None:
+            if self._X is None:
+                raise InputError("no data attached; pass adata=...")
+            X, data = self._X, self.adata
+        else:
+            data = read_adata(adata)
+            X = self._aligned_counts(data, layer if layer is not None else self.layer, allow_missing_genes)
+        view = self._inference_view(data, adata is None)
+        self.module.eval()
+        dev = self.device
+        store = RowStore(X, dev, storage="csr")
+        out = []
+        for idx in batch_indices(X.shape[0], batch_size, False, None, dev):
+            v = None if view is None else torch.as_tensor(view[idx.cpu().numpy()], device=dev)
+            out.append(self.module.infer(store.rows_csr(idx), v).cpu())
+        delta = torch.cat(out).numpy().astype(np.float32)
+        if logits:
+            return delta
+        return _softmax(delta)
+
+    # ------------------------------------------------------------------ batches
+    def _setup_batches(self, batch_key: str | None) -> None:
+        """Batch codes of the training cells from ``adata.obs[batch_key]`` (None: no batches)."""
+        self.batch_key = batch_key
+        self.batch_categories_: list[str] = []
+        self._batch_codes = None
+        if batch_key is None:
+            return
+        if batch_key not in self.adata.obs.columns:
+            cols = ", ".join(map(str, self.adata.obs.columns[:20]))
+            raise InputError(f"batch_key {batch_key!r} is not a column of adata.obs (columns: {cols}).")
+        col = self.adata.obs[batch_key]
+        if col.isna().any():
+            raise InputError(
+                f"adata.obs[{batch_key!r}] has {int(col.isna().sum())} missing values; fill or drop "
+                "those cells first."
+            )
+        cat = pd.Categorical(col.astype(str))
+        self.batch_categories_ = [str(c) for c in cat.categories]
+        if len(self.batch_categories_) < 2:
+            warnings.warn(f"adata.obs[{batch_key!r}] holds a single batch; batch terms have no effect.",
+                          UserWarning, stacklevel=3)
+        self._batch_codes = np.asarray(cat.codes, dtype=np.int64)
+
+    @property
+    def n_batches(self) -> int:
+        """Number of batches with intercepts (0 without ``batch_key``)."""
+        return len(getattr(self, "batch_categories_", []) or [])
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=1, keepdims=True))

@@ -11,8 +11,7 @@ import torch
 
 from sctopic.data.counts import pca_embedding
 from sctopic.data.graphs import build_graph
-from sctopic.data.io import read_adata
-from sctopic.data.loader import RowStore, batch_indices, sample_neighbours
+from sctopic.data.loader import RowStore, batch_indices, minibatch_layout, sample_neighbours
 from sctopic.errors import InputError
 from sctopic.external import resolve_view
 from sctopic.models.base import BaseTopicModel, seeded
@@ -42,7 +41,9 @@ class SCE2TM(BaseTopicModel):
     external_key
         External view: an ``adata.obsm`` key (any width; e.g. an scGPT embedding), ``"pca"``
         (default when ``None``: 50 PCs of log-normalised expression, which makes the CVE a
-        self-distillation; see :mod:`sctopic.external.views`) or ``"random"``.
+        self-distillation; see :mod:`sctopic.external.views`), ``"random"``, ``"go"`` (a
+        gene-ontology view), or a foundation model computed on the fly: ``"scgpt:DIR"``,
+        ``"geneformer:DIR"`` (better: compute it once with ``sctopic embed`` and pass its key).
     n_top_genes
         Keep this many highly variable genes (``None`` or 0: all genes of ``adata``).
     n_hidden, emb_dim, tau, dropout
@@ -67,6 +68,11 @@ class SCE2TM(BaseTopicModel):
         alpha of the entropy regulariser (5) and contrastive temperature (0.5).
     n_neighbors
         k of the kNN graphs (15).
+    batch_key
+        ``adata.obs`` column of batches (donors, samples): adds scETM's per-batch gene
+        intercepts ``lambda_b`` to the decoder's logits, ``p = softmax(BN(theta beta) +
+        lambda_b)``, so batch-specific gene levels need not be explained by topics. The
+        encoder does not see the batch, so new cells are embedded without one.
     seed
         Seed for the initial weights (training has its own ``seed``).
     """
@@ -94,6 +100,7 @@ class SCE2TM(BaseTopicModel):
         entropy_weight: float = 5.0,
         temperature: float = 0.5,
         n_neighbors: int = 15,
+        batch_key: str | None = None,
         seed: int = 0,
     ):
         if int(n_topics) < 2:
@@ -105,12 +112,14 @@ class SCE2TM(BaseTopicModel):
         if ecr_grad not in ECR_GRADS:
             raise InputError(f"ecr_grad must be one of {ECR_GRADS}, got {ecr_grad!r}.")
         self._setup_data(adata, layer, n_top_genes)
+        self._setup_batches(batch_key)
         self._pca = None
         self.external_ = None
         if cross_view or external_concat:
             obs_adata = self.adata
             self._pca = pca_embedding(self._X, 50, seed) if external_key in (None, "pca") or cross_view else None
-            self.external_ = resolve_view(obs_adata, external_key, self._X, seed=seed, pca=self._pca)
+            self.external_ = resolve_view(obs_adata, external_key, self._X, seed=seed, pca=self._pca,
+                                          layer=layer)
         self._init_kwargs: dict[str, Any] = dict(
             n_topics=int(n_topics), layer=layer,
             external_key=None if self.external_ is None else self.external_.name,
@@ -118,7 +127,7 @@ class SCE2TM(BaseTopicModel):
             encoder_input=encoder_input, cross_view=bool(cross_view),
             external_concat=bool(external_concat), ecr_weight=float(ecr_weight), ecr_eps=ecr_eps,
             ecr_grad=ecr_grad, entropy_weight=entropy_weight, temperature=temperature,
-            n_neighbors=int(n_neighbors), seed=int(seed),
+            n_neighbors=int(n_neighbors), batch_key=batch_key, seed=int(seed),
             n_external=0 if self.external_ is None else int(self.external_.matrix.shape[1]),
         )
         with seeded(seed):
@@ -137,6 +146,7 @@ class SCE2TM(BaseTopicModel):
             encoder_input=k["encoder_input"], cross_view=k["cross_view"],
             external_concat=k["external_concat"], ecr_eps=k["ecr_eps"], ecr_grad=k["ecr_grad"],
             entropy_weight=k["entropy_weight"], temperature=k["temperature"],
+            n_batches=self.n_batches,
         )
 
     def _beta(self) -> torch.Tensor:
@@ -153,7 +163,8 @@ class SCE2TM(BaseTopicModel):
         k = self._init_kwargs
         state = "trained" if self.is_trained_ else "untrained"
         return (f"SCE2TM({len(self.genes)} genes, {k['n_topics']} topics, external="
-                f"{k['external_key']!r}, cross_view={k['cross_view']}, ecr_weight={k['ecr_weight']}; {state})")
+                f"{k['external_key']!r}, cross_view={k['cross_view']}, ecr_weight={k['ecr_weight']}, "
+                f"batches={self.n_batches}; {state})")
 
     # ------------------------------------------------------------------ training
     def train(
@@ -166,7 +177,7 @@ class SCE2TM(BaseTopicModel):
         progress: bool = True,
         lr_step_epochs: int | None = -1,
         optimizer: str = "rmsprop",
-        storage: str = "csr",
+        storage: str = "auto",
         write_results: bool = True,
     ) -> "SCE2TM":
         """Train the model.
@@ -192,9 +203,11 @@ class SCE2TM(BaseTopicModel):
         optimizer
             ``"rmsprop"`` (paper), ``"adam"`` or ``"adamw"``.
         storage
-            ``"csr"`` (default): counts stay sparse on the device and minibatches are sparse CSR
-            tensors, so the encoder's first layer and the likelihood cost O(non-zeros);
-            ``"dense"``: a dense copy on the device and dense minibatches.
+            Minibatch layout. ``"csr"``: sparse CSR minibatches, so the encoder's first layer
+            and the likelihood's data term cost O(non-zeros); ``"dense"``: dense minibatches;
+            ``"auto"`` (default): dense when at least 10% of the counts are non-zero, where
+            the sparse weight gradient stops paying off (see
+            :func:`sctopic.data.loader.minibatch_layout`).
         write_results
             Write the outputs into the training AnnData when done (see :meth:`write_results`).
         """
@@ -214,7 +227,8 @@ class SCE2TM(BaseTopicModel):
         cells = self._train_cells
         X = self._X[cells]
         n = X.shape[0]
-        store = RowStore(X, dev, storage=storage)
+        layout = minibatch_layout(X, storage)
+        store = RowStore(X, dev, storage="auto" if layout == "dense" else "csr")
         view = None
         if self.external_ is not None:
             view = torch.as_tensor(self.external_.matrix[cells], device=dev)
@@ -239,7 +253,10 @@ class SCE2TM(BaseTopicModel):
             step = max(1, max_epochs // 4)
         trainer = Trainer(self.module, lr=lr, optimizer=optimizer, lr_step_epochs=step)
 
-        rows = store.rows if store.storage == "dense" else store.rows_csr
+        rows = store.rows if layout == "dense" else store.rows_csr
+        codes = None
+        if self._batch_codes is not None and self.n_batches > 0:
+            codes = torch.as_tensor(self._batch_codes[cells], device=dev)
 
         def epoch_batches(epoch: int):
             for idx in batch_indices(n, batch_size, True, gen, dev):
@@ -249,9 +266,10 @@ class SCE2TM(BaseTopicModel):
                     # Anchors and their expression neighbours in one gather (one encoder pass).
                     batch = {"x": rows(torch.cat([idx, nb_x])), "v": view.index_select(0, idx),
                              "v_nb": view.index_select(0, nb_v)}
-                    yield idx.shape[0], batch
-                    continue
-                batch = {"x": rows(idx)}
+                else:
+                    batch = {"x": rows(idx)}
+                if codes is not None:
+                    batch["batch"] = codes.index_select(0, idx)
                 if k["external_concat"]:
                     batch["v"] = view.index_select(0, idx)
                 yield idx.shape[0], batch
@@ -273,52 +291,10 @@ class SCE2TM(BaseTopicModel):
         return self
 
     # ------------------------------------------------------------------ inference
-    def get_cell_topics(
-        self,
-        adata: ad.AnnData | str | None = None,
-        logits: bool = False,
-        layer: str | None = None,
-        batch_size: int = 4096,
-        allow_missing_genes: bool = False,
-    ) -> np.ndarray:
-        """Cell-topic proportions theta (rows sum to 1), or the topic logits delta.
-
-        Parameters
-        ----------
-        adata
-            ``None`` for the training data, or new cells (genes aligned by name).
-        logits
-            Return the posterior-mean logits delta instead of theta = softmax(delta).
-        layer
-            Layer of ``adata`` with raw counts (default: the training layer).
-        batch_size
-            Cells per inference batch.
-        allow_missing_genes
-            Fill model genes absent from ``adata`` with zeros (with a warning) instead of failing.
-        """
-        self._check_trained()
-        k = self._init_kwargs
-        if adata is None:
-            if self._X is None:
-                raise InputError("no data attached; pass adata=...")
-            X, data = self._X, self.adata
-        else:
-            data = read_adata(adata)
-            X = self._aligned_counts(data, layer if layer is not None else self.layer, allow_missing_genes)
-        view = None
-        if k["external_concat"]:
-            view = self._external_for(data, adata is None)
-        self.module.eval()
-        dev = self.device
-        store = RowStore(X, dev, storage="csr")
-        out = []
-        for idx in batch_indices(X.shape[0], batch_size, False, None, dev):
-            v = None if view is None else torch.as_tensor(view[idx.cpu().numpy()], device=dev)
-            out.append(self.module.infer(store.rows_csr(idx), v).cpu())
-        delta = torch.cat(out).numpy().astype(np.float32)
-        if logits:
-            return delta
-        return torch.softmax(torch.from_numpy(delta), dim=1).numpy()
+    def _inference_view(self, data, is_training_data: bool):
+        if not self._init_kwargs["external_concat"]:
+            return None
+        return self._external_for(data, is_training_data)
 
     def _external_for(self, data: ad.AnnData, is_training_data: bool) -> np.ndarray:
         if is_training_data and self.external_ is not None:

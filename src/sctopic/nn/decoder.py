@@ -65,3 +65,52 @@ class EmbeddedTopicDecoder(nn.Module):
     def forward(self, theta: torch.Tensor, beta: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
         """Log expression proportions ``(B, V)`` for cell-topic proportions ``theta``."""
         return torch.log_softmax(self.logits(theta, beta, batch), dim=-1)
+
+
+class LinearTopicDecoder(nn.Module):
+    """scETM decoder: ``p = softmax(theta alpha rho + lambda_batch)`` (tri-factorised, linear).
+
+    ``alpha`` (K x L) are topic embeddings, ``rho`` (L x V) gene embeddings. For p-scETM, part
+    (or all) of ``rho`` is a fixed pathway-by-gene matrix held as a buffer: it is saved with
+    the model but never optimised.
+
+    Parameters
+    ----------
+    n_genes, n_topics
+        V and K.
+    emb_dim
+        Trainable gene-embedding width (400 in scETM; may be 0 when ``fixed_rho`` is given).
+    fixed_rho
+        ``(P, V)`` fixed rows of rho (pathways), or ``None``.
+    n_batches
+        Number of batches for per-batch gene intercepts lambda (0: none). They start at 0.
+    """
+
+    def __init__(self, n_genes: int, n_topics: int, emb_dim: int = 400,
+                 fixed_rho: torch.Tensor | None = None, n_batches: int = 0):
+        super().__init__()
+        n_fixed = 0 if fixed_rho is None else int(fixed_rho.shape[0])
+        if emb_dim + n_fixed < 1:
+            raise ValueError("the decoder needs emb_dim > 0 or a fixed rho")
+        if fixed_rho is not None and fixed_rho.shape[1] != n_genes:
+            raise ValueError(f"fixed_rho has {fixed_rho.shape[1]} columns, expected {n_genes} genes")
+        self.register_buffer("fixed_rho", None if fixed_rho is None else fixed_rho.float().clone())
+        self.rho_trainable = nn.Parameter(torch.randn(emb_dim, n_genes)) if emb_dim > 0 else None
+        self.alpha = nn.Parameter(torch.randn(n_topics, emb_dim + n_fixed))
+        self.batch_intercept = nn.Parameter(torch.zeros(n_batches, n_genes)) if n_batches > 0 else None
+
+    def rho(self) -> torch.Tensor:
+        """``(L + P, V)`` gene embeddings: fixed rows first, then trainable ones."""
+        parts = [p for p in (self.fixed_rho, self.rho_trainable) if p is not None]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+
+    def beta(self) -> torch.Tensor:
+        """``(K, V)`` topic-gene logits ``alpha rho`` (unnormalised, as scETM reports them)."""
+        return self.alpha @ self.rho()
+
+    def logits(self, theta: torch.Tensor, beta: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised log expression ``theta beta + lambda_batch``, ``(B, V)``."""
+        logits = theta @ beta
+        if self.batch_intercept is not None and batch is not None:
+            logits = logits + self.batch_intercept.index_select(0, batch)
+        return logits

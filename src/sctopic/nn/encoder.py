@@ -76,3 +76,54 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, sample: bool) -> torc
     if not sample:
         return mu
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+class NormalEncoder(nn.Module):
+    """scETM's cell encoder: library-normalised expression -> Gaussian posterior of ``delta``.
+
+    ``Linear -> ReLU -> BatchNorm -> Dropout`` then linear heads for the mean and the log
+    standard deviation (clamped to [-10, 10] against overflow).
+
+    Parameters
+    ----------
+    n_input
+        Number of genes V.
+    n_topics
+        Number of topics K.
+    n_hidden
+        Hidden width (128 as in scETM).
+    dropout
+        Dropout after the hidden layer (0.1 as in scETM).
+    """
+
+    def __init__(self, n_input: int, n_topics: int, n_hidden: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.first = nn.Linear(n_input, n_hidden)
+        self.rest = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(n_hidden), nn.Dropout(dropout))
+        self.mu = nn.Linear(n_hidden, n_topics)
+        self.logsigma = nn.Linear(n_hidden, n_topics)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(mu, logsigma)``, each ``(B, K)``; ``x`` may be a sparse CSR tensor."""
+        if x.layout == torch.sparse_csr:
+            h = x @ self.first.weight.T + self.first.bias  # O(non-zeros x hidden)
+        else:
+            h = self.first(x)
+        h = self.rest(h)
+        return self.mu(h), self.logsigma(h).clamp(-10.0, 10.0)
+
+
+class BatchDiscriminator(nn.Module):
+    """Adversary of scETM+adv: predicts a cell's batch from its topic logits ``delta``.
+
+    ``Linear -> ReLU -> Dropout -> Linear`` (hidden 128, dropout 0.2).
+    """
+
+    def __init__(self, n_topics: int, n_batches: int, n_hidden: int = 128, dropout: float = 0.2):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_topics, n_hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(n_hidden, n_batches))
+
+    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+        """Batch logits ``(B, n_batches)``."""
+        return self.net(delta)

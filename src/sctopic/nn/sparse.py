@@ -43,3 +43,4 @@ def csr_head(x: torch.Tensor, n: int) -> torch.Tensor:
     crow = x.crow_indices()[: n + 1]
     end = int(crow[-1])
     return csr_tensor(crow, x.col_indices()[:end], x.values()[:end], (n, x.shape[1]))
+

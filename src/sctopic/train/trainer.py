@@ -33,17 +33,26 @@ class Trainer:
         Halve the learning rate every this many epochs (None: constant).
     lr_gamma
         Factor applied at each step of the schedule (0.5).
+    lr_decay
+        Multiply the learning rate by ``exp(-lr_decay)`` after every optimiser step (scETM's
+        schedule; 0: off). Exclusive with ``lr_step_epochs``.
     """
 
     def __init__(self, module: torch.nn.Module, lr: float = 1e-3, optimizer: str = "rmsprop",
-                 lr_step_epochs: int | None = None, lr_gamma: float = 0.5):
+                 lr_step_epochs: int | None = None, lr_gamma: float = 0.5, lr_decay: float = 0.0):
         if optimizer not in OPTIMIZERS:
             raise SctopicError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        if lr_step_epochs and lr_decay:
+            raise SctopicError("choose one learning-rate schedule: lr_step_epochs or lr_decay")
         self.module = module
         self.optimizer = OPTIMIZERS[optimizer](module.parameters(), lr=lr)
         self.scheduler = (
             torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=lr_step_epochs, gamma=lr_gamma)
             if lr_step_epochs else None
+        )
+        self.step_scheduler = (
+            torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=math.exp(-lr_decay))
+            if lr_decay else None
         )
         self.history: dict[str, list[float]] = defaultdict(list)
         self.epoch = 0
@@ -52,6 +61,7 @@ class Trainer:
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+            "step_scheduler": self.step_scheduler.state_dict() if self.step_scheduler else {},
             "epoch": self.epoch,
         }
 
@@ -59,6 +69,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.step_scheduler and state.get("step_scheduler"):
+            self.step_scheduler.load_state_dict(state["step_scheduler"])
         self.epoch = int(state["epoch"])
 
     def fit(
@@ -102,6 +114,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+                if self.step_scheduler:
+                    self.step_scheduler.step()
                 vals = {k: float(v.detach()) for k, v in out.items()}
                 if not math.isfinite(vals["loss"]):
                     raise TrainingDiverged(

@@ -1,0 +1,81 @@
+"""``sctopic bench``: run a benchmark (methods x datasets x seeds) from a YAML configuration."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sctopic.commands.common import nonneg_int, positive_int
+
+
+def register(sub) -> argparse.ArgumentParser:
+    """Add the ``bench`` sub-command."""
+    p = sub.add_parser(
+        "bench",
+        help="benchmark methods x datasets x seeds from a YAML config (CSV, table, figures)",
+        description=(
+            "Run every method on every dataset with every seed of CONFIG, scoring each run "
+            "with `sctopic evaluate`'s metrics. Writes OUT/results.csv (one row per run, "
+            "rewritten after each run), OUT/table.md (mean ± sd per method and dataset), "
+            "OUT/summary.csv and OUT/figures/*.png. An interrupted benchmark continues where "
+            "it stopped when started again (--resume, the default)."
+        ),
+    )
+    p.add_argument("config", metavar="CONFIG", help="benchmark configuration (YAML)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: the config's `out`)")
+    p.add_argument("--seeds", type=nonneg_int, nargs="+", metavar="S", help="seeds to run (replaces the config's)")
+    p.add_argument("--methods", nargs="+", metavar="NAME", help="run only these of the config's methods")
+    p.add_argument("--datasets", nargs="+", metavar="NAME", help="run only these of the config's datasets")
+    p.add_argument("--max-epochs", type=positive_int, metavar="E",
+                   help="epochs for every trained method (e.g. 2 for a smoke run)")
+    p.add_argument("--device", metavar="D", help="device for every trained method: auto, cpu or cuda[:N]")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip runs already in OUT/results.csv with unchanged settings (default); "
+                        "--no-resume runs them again and replaces their rows (other rows are kept)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="record a failing run as `failed: ...` and continue (default: stop)")
+    p.add_argument("--report-only", action="store_true",
+                   help="only rewrite table.md, summary.csv and the figures from OUT/results.csv")
+    p.add_argument("--dry-run", action="store_true", help="check the config and list the runs, run nothing")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``sctopic bench``; returns the exit code."""
+    from pathlib import Path
+
+    from sctopic.bench import load_config, read_results, run_benchmark, write_report
+    from sctopic.bench.runner import RESULTS_CSV, check_datasets, plan_runs
+    from sctopic.commands.common import prepare_out_dir
+
+    cfg = load_config(args.config)
+    if args.device is not None and not (args.device in ("auto", "cpu") or args.device.startswith("cuda")):
+        from sctopic.errors import InputError
+
+        raise InputError(f"--device must be auto, cpu or cuda[:N], got {args.device!r}")
+    if args.out:
+        cfg.out = Path(args.out).resolve()
+    cfg = cfg.select(methods=args.methods, datasets=args.datasets, seeds=args.seeds)
+    cfg = cfg.override_training(max_epochs=args.max_epochs, device=args.device)
+    quiet = getattr(args, "quiet", False)
+    title = f"sctopic benchmark: {Path(args.config).name}"
+    if cfg.description:
+        title += f" ({cfg.description})"
+    if args.dry_run:
+        runs = plan_runs(cfg)
+        check_datasets(cfg)
+        for r in runs:
+            print(f"{r.dataset.name}\t{r.method.name}\t{r.seed}\t{r.method.model}\t{r.train}")
+        print(f"{len(runs)} runs; output folder {cfg.out}", file=sys.stderr)
+        return 0
+    out = prepare_out_dir(cfg.out)
+    if args.report_only:
+        df = read_results(out / RESULTS_CSV)
+    else:
+        df = run_benchmark(cfg, resume=args.resume, keep_going=args.keep_going, progress=not quiet,
+                           log=None)
+    written = write_report(df, out, datasets=list(cfg.datasets), methods=list(cfg.methods), title=title)
+    n_ok = int((df["status"] == "ok").sum()) if len(df) else 0
+    print(f"{len(df)} rows in {out / RESULTS_CSV} ({n_ok} ok); wrote "
+          + ", ".join(str(p.relative_to(out)) if p.is_relative_to(out) else str(p) for p in written.values()))
+    return 0

@@ -1,0 +1,134 @@
+"""The scETM torch module: Gaussian encoder, tri-factorised linear decoder, optional adversary.
+
+Pure torch: no AnnData, no training loop. :class:`sctopic.SCETM` wraps it for users.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from sctopic.nn.decoder import LinearTopicDecoder
+from sctopic.nn.encoder import BatchDiscriminator, NormalEncoder
+from sctopic.nn.sce2tm import multinomial_nll
+from sctopic.nn.sparse import csr_row_ids, csr_tensor, row_sums
+
+
+def library_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Counts divided by each cell's total (rows sum to 1); sparse CSR input stays sparse."""
+    lib = row_sums(x).clamp_min(1.0)
+    if x.layout == torch.sparse_csr:
+        vals = x.values() / lib.index_select(0, csr_row_ids(x))
+        return csr_tensor(x.crow_indices(), x.col_indices(), vals, x.shape)
+    return x / lib[:, None]
+
+
+def kl_standard_normal(mu: torch.Tensor, logsigma: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mu, sigma^2) || N(0, I))`` per row, summed over dimensions."""
+    return 0.5 * (mu.pow(2) + torch.exp(2.0 * logsigma) - 1.0 - 2.0 * logsigma).sum(1)
+
+
+def confusion_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the discriminator's prediction against the uniform distribution
+    (scETM's ``"confuse"`` adversarial loss): minimal when the batch cannot be told."""
+    return -torch.log_softmax(logits, dim=1).mean(1).mean()
+
+
+class SCETMModule(nn.Module):
+    """scETM network and losses.
+
+    Parameters
+    ----------
+    n_genes, n_topics
+        V and K.
+    n_hidden
+        Encoder hidden width (128).
+    emb_dim
+        Trainable gene-embedding width L (400; 0 for a pure p-scETM).
+    dropout
+        Encoder dropout (0.1).
+    fixed_rho
+        ``(P, V)`` fixed pathway-by-gene rows of rho (p-scETM), or ``None``.
+    n_batches
+        Number of batches: per-batch gene intercepts when > 0.
+    adversarial
+        Add a batch discriminator on ``delta`` (scETM+adv); needs ``n_batches >= 2``.
+    normed_loss
+        Reconstruction term on library-normalised counts (scETM's default: every cell weighs
+        the same) instead of raw counts.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_topics: int,
+        n_hidden: int = 128,
+        emb_dim: int = 400,
+        dropout: float = 0.1,
+        fixed_rho: torch.Tensor | None = None,
+        n_batches: int = 0,
+        adversarial: bool = False,
+        normed_loss: bool = True,
+    ):
+        super().__init__()
+        if adversarial and n_batches < 2:
+            raise ValueError("the adversary needs at least 2 batches")
+        self.n_topics, self.normed_loss = n_topics, bool(normed_loss)
+        self.encoder = NormalEncoder(n_genes, n_topics, n_hidden=n_hidden, dropout=dropout)
+        self.decoder = LinearTopicDecoder(n_genes, n_topics, emb_dim=emb_dim, fixed_rho=fixed_rho,
+                                          n_batches=n_batches)
+        self.discriminator = BatchDiscriminator(n_topics, n_batches) if adversarial else None
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        """Topic logits ``delta`` (posterior means) of cells ``x``; theta is their softmax."""
+        mu, _ = self.encoder(library_normalize(x))
+        return mu
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        kl_weight: float = 1.0,
+        adv_weight: float = 0.0,
+    ) -> dict[str, torch.Tensor]:
+        """Losses for a minibatch.
+
+        Parameters
+        ----------
+        x
+            ``(B, V)`` counts (dense or sparse CSR).
+        batch
+            ``(B,)`` batch index of each cell (intercepts and adversary).
+        kl_weight
+            Weight of the KL term (warmed up by the trainer).
+        adv_weight
+            Weight of the encoder's adversarial (confusion) loss; the discriminator itself is
+            always trained when present, on a detached ``delta``.
+        """
+        xn = library_normalize(x)
+        mu, logsigma = self.encoder(xn)
+        delta = mu + torch.randn_like(mu) * torch.exp(logsigma) if self.training else mu
+        theta = torch.softmax(delta, dim=1)
+        beta = self.decoder.beta()
+        logits = self.decoder.logits(theta, beta, batch)
+        recon = multinomial_nll(xn if self.normed_loss else x, logits).mean()
+        kl = kl_standard_normal(mu, logsigma).mean()
+        loss = recon + kl_weight * kl
+        out = {"reconstruction": recon, "kl": kl}
+        if self.discriminator is not None and batch is not None:
+            # One optimiser serves both players: the discriminator learns from a detached delta
+            # (so its loss cannot move the encoder), and the encoder's confusion loss is taken
+            # through a frozen copy of the discriminator's weights (so it cannot move the
+            # discriminator). Each player's gradient is exactly its own objective's.
+            disc = F.cross_entropy(self.discriminator(delta.detach()), batch)
+            out["discriminator"] = disc
+            loss = loss + disc
+            if adv_weight > 0:
+                frozen = {k: p.detach() for k, p in self.discriminator.named_parameters()}
+                confuse = confusion_loss(functional_call(self.discriminator, frozen, (delta,)))
+                out["adversarial"] = confuse
+                loss = loss + adv_weight * confuse
+        out["loss"] = loss
+        return out
