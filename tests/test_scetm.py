@@ -202,6 +202,17 @@ def test_pscetm_rho_is_the_fixed_pathway_matrix_and_stays_fixed(pbmc_small):
     assert ad.uns["scetm"]["topic_pathway"].shape == (5, len(m.pathways_))
 
 
+def test_pscetm_initial_logits_are_order_one():
+    """Thousands of z-scored pathway rows must not saturate the softmax at the start."""
+    torch.manual_seed(0)
+    P, V = 3000, 400
+    fixed = torch.randn(P, V)
+    dec = LinearTopicDecoder(n_genes=V, n_topics=20, emb_dim=0, fixed_rho=fixed)
+    assert 0.5 < float(dec.beta().std()) < 2.0
+    plain = LinearTopicDecoder(n_genes=V, n_topics=20, emb_dim=16)  # scETM's N(0, 1) alpha kept
+    assert float(plain.alpha.std()) > 0.8
+
+
 def test_pscetm_save_load_keeps_pathways(pbmc_small, tmp_path):
     m = sctopic.SCETM(pbmc_small.copy(), n_topics=4, gene_sets="hallmark")
     m.train(max_epochs=2, batch_size=256, progress=False, write_results=False)

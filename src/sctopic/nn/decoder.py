@@ -96,7 +96,13 @@ class LinearTopicDecoder(nn.Module):
             raise ValueError(f"fixed_rho has {fixed_rho.shape[1]} columns, expected {n_genes} genes")
         self.register_buffer("fixed_rho", None if fixed_rho is None else fixed_rho.float().clone())
         self.rho_trainable = nn.Parameter(torch.randn(emb_dim, n_genes)) if emb_dim > 0 else None
-        self.alpha = nn.Parameter(torch.randn(n_topics, emb_dim + n_fixed))
+        alpha = torch.randn(n_topics, n_fixed + emb_dim)
+        # scETM draws alpha from N(0, 1). Against thousands of z-scored pathway rows that gives
+        # initial logits of size sqrt(P) (about 60 for GO-BP), which saturates the softmax and
+        # leaves theta near uniform; scaling the pathway columns by 1/sqrt(P) starts them at O(1).
+        if n_fixed:
+            alpha[:, :n_fixed] /= n_fixed ** 0.5
+        self.alpha = nn.Parameter(alpha)
         self.batch_intercept = nn.Parameter(torch.zeros(n_batches, n_genes)) if n_batches > 0 else None
 
     def rho(self) -> torch.Tensor:
