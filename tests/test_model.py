@@ -166,3 +166,19 @@ def test_evaluate_reads_a_gene_subset_model_in_memory(small_adata):
     res = metrics.evaluate(m.adata, labels="cell_type", genesets=("hallmark",), permutations=0)
     assert res["td"] == pytest.approx(metrics.topic_diversity(m.get_topic_gene().to_numpy(), 10))
     assert res["n_genes"] == 300 or res.get("n_topics") == 4
+
+
+def test_repeated_training_in_one_process_is_bit_identical():
+    """The ECR backward once used LAPACK's least-squares driver, whose results differed from
+    call to call; two trainings with the same seed in one process must agree exactly."""
+    import anndata as ad
+
+    from conftest import shared_file
+
+    a = ad.read_h5ad(shared_file("kang2018_pbmc_ifnb_vs_ctrl.h5ad"))
+    out = []
+    for _ in range(2):
+        m = sctopic.SCE2TM(a.copy(), n_topics=50, seed=0)
+        m.train(max_epochs=4, progress=False, write_results=False)
+        out.append(m.get_cell_topics())
+    np.testing.assert_array_equal(out[0], out[1])

@@ -203,8 +203,10 @@ class _TransportCost(torch.autograd.Function):
         Pb = P64 / b64[None, :]
         S = torch.diag(a64) - Pb @ P64.T  # Schur complement; null vector: ones
         rhs = s1 - Pb @ s2
-        # The system is singular along (1, -1): pin the solution by a least-squares solve.
-        alpha = torch.linalg.lstsq(S, rhs[:, None]).solution[:, 0]
+        # S is symmetric with null vector 1 (rhs is orthogonal to it up to the solver's
+        # tolerance). Adding 1 1^T makes it regular and pins 1^T alpha = 0: the minimum-norm
+        # solution, by an LU solve (LAPACK's least-squares driver gave run-to-run differences).
+        alpha = torch.linalg.solve(S + S.diagonal().mean(), rhs)
         beta = (s2 - P64.T @ alpha) / b64
         grad = P64 + P64 * (alpha[:, None] + beta[None, :] - C64) / eps
         return grad_out * grad.to(C.dtype), None, None, None, None
