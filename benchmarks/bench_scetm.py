@@ -182,7 +182,7 @@ def part_reference(args) -> None:
               "n_topics": args.n_topics, "threads": args.threads, "seed": args.seed,
               "batch": "intercepts on 8 donors", "machine": _machine(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "contenders": rows, "ratio": ratio}
-    L = [f"# SCETM vs scetm 0.5.0 on Kang 8 donors", "",
+    L = ["# SCETM vs scetm 0.5.0 on Kang 8 donors", "",
          f"{args.n_topics} topics, {args.epochs} epochs, 2000 cells per batch, batch intercepts on "
          f"donors, {args.threads} threads per contender, seed {args.seed}; {report['machine']}.", "",
          "| contender | s/epoch | cells/s | peak RSS MiB | ARI oracle | NMI oracle | ARI (logits) "

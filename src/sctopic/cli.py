@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "bench": "sctopic.commands.bench",
     "perturb": "sctopic.commands.perturb",
     "survival": "sctopic.commands.survival",
+    "select-k": "sctopic.commands.select_k",
+    "report": "sctopic.commands.report",
 }
 
 

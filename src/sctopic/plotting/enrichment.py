@@ -1,0 +1,174 @@
+"""Enrichment figures: the GSEA running-sum plot of one topic and gene set, and the Manhattan
+plot of every (topic, gene set) test.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+
+from sctopic.errors import InputError
+from sctopic.plotting._figure import new_figure, save_figure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+
+def running_sum(weights: np.ndarray, genes: Sequence[str], gene_set, weight: float = 1.0):
+    """GSEA's weighted running sum of one gene set along one topic's ranking.
+
+    Genes are ranked by decreasing weight (ties: input order). A hit adds
+    ``|w|^weight / sum(|w_hits|^weight)``, a miss subtracts ``1 / (V - n_hits)``.
+
+    Parameters
+    ----------
+    weights
+        ``(V,)`` gene weights of one topic.
+    genes
+        The V gene names.
+    gene_set
+        Gene names of the set (those absent from ``genes`` are ignored).
+    weight
+        Exponent of the hit weights (1: Subramanian 2005; 0: classic KS).
+
+    Returns
+    -------
+    curve, hits, es
+        The running sum at each of the V ranks, the ranks of the set's genes, and the
+        enrichment score (the signed maximum deviation from 0).
+    """
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if len(genes) != w.size:
+        raise InputError(f"{len(genes)} gene names for {w.size} weights.")
+    order = np.argsort(-w, kind="stable")
+    members = set(map(str, gene_set))
+    is_hit = np.array([str(genes[i]) in members for i in order])
+    n_hit = int(is_hit.sum())
+    if not 0 < n_hit < w.size:
+        raise InputError(f"the gene set shares {n_hit} genes with the ranking; need between 1 and {w.size - 1}.")
+    hw = np.abs(w[order]) ** weight * is_hit
+    total = hw.sum()
+    step_hit = hw / total if total > 0 else is_hit / n_hit
+    step = np.where(is_hit, step_hit, -1.0 / (w.size - n_hit))
+    curve = np.cumsum(step)
+    i = int(np.argmax(np.abs(curve)))
+    return curve, np.flatnonzero(is_hit), float(curve[i])
+
+
+def gsea_running_sum(
+    weights: np.ndarray,
+    genes: Sequence[str],
+    gene_set,
+    *,
+    set_name: str = "gene set",
+    topic: str = "topic",
+    weight: float = 1.0,
+    size: tuple[float, float] = (5.0, 3.4),
+    path: "str | os.PathLike | None" = None,
+) -> "Figure":
+    """GSEA running-sum plot: the enrichment curve, the set's genes as ticks, and the ranked weights.
+
+    Parameters
+    ----------
+    weights, genes, gene_set, weight
+        See :func:`running_sum`.
+    set_name, topic
+        Used in the title.
+    size
+        Figure size in inches.
+    path
+        Save the figure here.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    curve, hits, es = running_sum(weights, genes, gene_set, weight)
+    ranked = np.sort(np.asarray(weights, dtype=float))[::-1]
+    fig = new_figure(*size)
+    ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 0.6, 1.2]})
+    x = np.arange(1, curve.size + 1)
+    ax1.plot(x, curve, c="tab:green", lw=1.2)
+    ax1.axhline(0, c="0.5", lw=0.6)
+    ax1.axhline(es, c="tab:red", lw=0.6, ls="--")
+    ax1.set_ylabel("running ES", fontsize=8)
+    ax1.set_title(f"{topic}: {set_name} (ES {es:.2f}, {hits.size} genes)", fontsize=8)
+    ax2.vlines(hits + 1, 0, 1, colors="k", lw=0.5)
+    ax2.set_yticks([])
+    ax3.fill_between(x, ranked, color="0.6", lw=0)
+    ax3.set_ylabel("weight", fontsize=8)
+    ax3.set_xlabel("gene rank in topic", fontsize=8)
+    for a in (ax1, ax2, ax3):
+        a.tick_params(labelsize=7)
+    return save_figure(fig, path)
+
+
+def enrichment_manhattan(
+    table: pd.DataFrame,
+    *,
+    alpha: float = 0.05,
+    n_labels: int = 8,
+    topic_names: Sequence[str] | None = None,
+    size: tuple[float, float] = (8.0, 3.6),
+    path: "str | os.PathLike | None" = None,
+    title: str | None = None,
+) -> "Figure":
+    """Manhattan plot of enrichment: every (topic, gene set) test, ``-log10 p`` by topic.
+
+    Sets significant at ``fdr < alpha`` are coloured by topic; the most significant are named.
+
+    Parameters
+    ----------
+    table
+        Output of :func:`sctopic.genesets.ora` or :func:`~sctopic.genesets.gsea` (columns
+        ``topic``, ``set``, ``p``, ``fdr``).
+    alpha
+        FDR threshold for colouring.
+    n_labels
+        Name the ``n_labels`` smallest p-values.
+    topic_names
+        Names of the topics (for the axis; default the ``topic`` values).
+    size
+        Figure size in inches.
+    path
+        Save the figure here.
+    title
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    for col in ("topic", "set", "p", "fdr"):
+        if col not in table.columns:
+            raise InputError(f"the enrichment table has no column {col!r}; pass the output of ora or gsea.")
+    if table.empty:
+        raise InputError("the enrichment table is empty.")
+    from sctopic.plotting.embedding import palette
+
+    topics = sorted(pd.unique(table["topic"]))
+    xpos = {t: i for i, t in enumerate(topics)}
+    rng = np.random.default_rng(0)
+    x = table["topic"].map(xpos).to_numpy(dtype=float) + rng.uniform(-0.35, 0.35, len(table))
+    y = -np.log10(np.clip(table["p"].to_numpy(dtype=float), 1e-300, 1.0))
+    sig = table["fdr"].to_numpy(dtype=float) < alpha
+    cols = palette(len(topics))
+    c = [cols[xpos[t]] for t in table["topic"]]
+    fig = new_figure(*size)
+    ax = fig.add_subplot()
+    ax.scatter(x[~sig], y[~sig], s=3, c="0.75", linewidths=0, rasterized=True)
+    ax.scatter(x[sig], y[sig], s=8, c=[c[i] for i in np.flatnonzero(sig)], linewidths=0)
+    for i in np.argsort(-y, kind="stable")[:n_labels]:
+        if sig[i]:
+            ax.annotate(str(table["set"].iloc[i])[:40], (x[i], y[i]), fontsize=5.5, xytext=(2, 2),
+                        textcoords="offset points")
+    names = list(topic_names) if topic_names is not None else [str(t) for t in topics]
+    if len(names) == len(topics):
+        step = max(1, len(topics) // 40)
+        ax.set_xticks(range(0, len(topics), step), [str(names[i]) for i in range(0, len(topics), step)],
+                      rotation=90, fontsize=6)
+    ax.set_ylabel("-log10 p", fontsize=8)
+    ax.set_title(title or f"enrichment of every topic and gene set (coloured: FDR < {alpha})", fontsize=9)
+    return save_figure(fig, path)

@@ -1,0 +1,168 @@
+"""The HTML report (sctopic report) and the figures it embeds."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from sctopic.errors import InputError
+
+EVIL = "<script>alert('x')</script>&"
+N_TOPICS = 5
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.cards: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag == "article" and "topic-card" in (a.get("class") or ""):
+            self.cards.append(a.get("data-topic"))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, pbmc_small):
+    """A tiny SCETM fit on the bundled data, an evaluation JSON, and its report (GSEA on; PCA
+    layout, since UMAP's first call compiles for tens of seconds)."""
+    from sctopic.cli import main
+
+    d = tmp_path_factory.mktemp("report")
+    a = pbmc_small.copy()
+    lab = a.obs["bulk_labels"].astype(str)
+    a.obs["labels"] = lab.where(lab != "CD14+ Monocyte", EVIL).to_numpy()
+    a.write_h5ad(d / "data.h5ad")
+    fit = d / "fit"
+    assert main(["-q", "fit", str(d / "data.h5ad"), "--model", "scetm", "--n-topics", str(N_TOPICS),
+                 "--n-hvg", "0", "--max-epochs", "4", "--device", "cpu", "--out", str(fit)]) == 0
+    (fit / "evaluate.json").write_text(json.dumps({"ari_oracle": 0.4321, "td": 0.9, "tc": None}))
+    out = d / "report.html"
+    assert main(["-q", "report", str(fit), "--out", str(out), "--labels", "labels", "--gsea",
+                 "--permutations", "50", "--layout", "pca"]) == 0
+    text = out.read_text()
+    p = _Collect()
+    p.feed(text)
+    return out, text, p
+
+
+def test_every_topic_has_a_card(report):
+    _, text, p = report
+    assert p.cards == [f"topic_{k}" for k in range(N_TOPICS)]
+    for k in range(N_TOPICS):
+        assert f'id="topic-{k}"' in text
+
+
+def test_self_contained_no_remote_resources_no_script(report):
+    _, text, p = report
+    imgs = [a for t, a in p.tags if t == "img"]
+    assert len(imgs) >= N_TOPICS + 2
+    assert all(a["src"].startswith("data:image/png;base64,") for a in imgs)
+    assert not [t for t, _ in p.tags if t == "script"]
+    for t, a in p.tags:
+        for key in ("src", "href"):
+            v = (a.get(key) or "").lower()
+            assert not v.startswith(("http:", "https:", "//")), (t, v)
+    assert "http://" not in text.replace("http://www.w3.org", "") and "https://" not in text
+
+
+def test_text_is_escaped_and_summary_has_metrics(report):
+    _, text, _ = report
+    assert EVIL not in text
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;" in text
+    assert "0.4321" in text and "evaluate.json" in text  # the evaluation summary
+    assert "max_epochs" in text  # from train.json
+    assert "GSEA" in text
+
+
+def test_report_errors(tmp_path, pbmc_small):
+    from sctopic.report import build_report
+
+    with pytest.raises(InputError, match="no such"):
+        build_report(tmp_path / "missing")
+    pbmc_small.write_h5ad(tmp_path / "raw.h5ad")
+    with pytest.raises(InputError, match="no topics"):
+        build_report(tmp_path / "raw.h5ad")
+
+
+def test_find_evaluation(tmp_path):
+    from sctopic.report import find_evaluation
+
+    (tmp_path / "train.json").write_text(json.dumps({"td": 1}))
+    assert find_evaluation(tmp_path) == (None, None)
+    (tmp_path / "zz.json").write_text(json.dumps({"ari_oracle": 0.5}))
+    (tmp_path / "bad.json").write_text("{")
+    obj, path = find_evaluation(tmp_path)
+    assert obj == {"ari_oracle": 0.5} and path.name == "zz.json"
+
+
+def test_running_sum_matches_enrichment_scores():
+    from sctopic.genesets import enrichment_scores
+    from sctopic.plotting.enrichment import gsea_running_sum, running_sum
+
+    rng = np.random.default_rng(0)
+    w = rng.gamma(0.5, size=200)
+    genes = [f"g{i}" for i in range(200)]
+    members = [3, 17, 40, 41, 120, 199]
+    curve, hits, es = running_sum(w, genes, [genes[i] for i in members])
+    assert es == pytest.approx(enrichment_scores(w[None], [members])[0, 0], abs=1e-10)
+    assert curve[-1] == pytest.approx(0.0, abs=1e-10) and len(hits) == len(members)
+    assert gsea_running_sum(w, genes, [genes[i] for i in members]) is not None
+    with pytest.raises(InputError, match="shares 0 genes"):
+        running_sum(w, genes, ["nope"])
+
+
+def test_manhattan_and_maps_inputs(tmp_path):
+    import pandas as pd
+
+    from sctopic.plotting import enrichment_manhattan, gene_topic_map, topic_label_heatmap
+
+    tab = pd.DataFrame({"topic": [0, 0, 1, 1], "set": list("abcd"), "p": [1e-5, 0.3, 0.01, 1.0],
+                        "fdr": [1e-4, 0.5, 0.03, 1.0]})
+    enrichment_manhattan(tab, path=tmp_path / "m.png")
+    assert (tmp_path / "m.png").stat().st_size > 3000
+    with pytest.raises(InputError, match="column 'fdr'"):
+        enrichment_manhattan(tab.drop(columns="fdr"))
+    rng = np.random.default_rng(0)
+    fig = gene_topic_map(rng.normal(size=(30, 4)), rng.normal(size=(3, 4)), [f"g{i}" for i in range(30)],
+                         rng.random((3, 30)), top_n=2)  # 3 topics + <= 6 genes: the PCA layout
+    assert fig.axes
+    with pytest.raises(InputError, match="share their dimension"):
+        gene_topic_map(np.ones((30, 4)), np.ones((3, 5)), [f"g{i}" for i in range(30)], np.ones((3, 30)))
+    with pytest.raises(InputError, match="labels"):
+        topic_label_heatmap(np.ones((4, 2)) / 2, ["a", "b"], ["t0", "t1"])
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium chromium-driver)")
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    from matplotlib.image import imread
+
+    exe = _chromium()
+    out, _, _ = report
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-extensions", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "shot.png"
+    subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=1200,2000", out.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    assert shot.is_file()
+    img = imread(shot)
+    assert img.shape[0] >= 1000 and img.shape[1] >= 1000
+    assert float(img[..., :3].std()) > 0.05  # not a blank page
+    dom = subprocess.run([exe, *flags, "--dump-dom", out.as_uri()], check=True, capture_output=True,
+                         timeout=120, text=True).stdout
+    p = _Collect()
+    p.feed(dom)
+    assert p.cards == [f"topic_{k}" for k in range(N_TOPICS)]
