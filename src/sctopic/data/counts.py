@@ -14,6 +14,28 @@ from sctopic.errors import InputError
 log = logging.getLogger(__name__)
 
 
+def layer_matrix(adata: ad.AnnData, layer: str | None):
+    """``adata.X`` or ``adata.layers[layer]`` (loaded when backed) and its name for messages.
+
+    Raises a clear error for a missing layer, an empty matrix, or data with no cells or genes;
+    the values are not checked.
+    """
+    if layer is None:
+        X, where = adata.X, "adata.X"
+    else:
+        if layer not in adata.layers:
+            avail = ", ".join(map(repr, adata.layers.keys())) or "none"
+            raise InputError(f"layer {layer!r} not found in adata.layers (available: {avail}).")
+        X, where = adata.layers[layer], f"adata.layers[{layer!r}]"
+    if X is None:
+        raise InputError(f"{where} is empty; expression values are expected.")
+    if getattr(adata, "isbacked", False) and layer is None:
+        X = X[:]  # load a backed matrix (the out-of-core path is separate)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputError(f"the data are empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    return X, where
+
+
 def get_counts(adata: ad.AnnData, layer: str | None = None) -> sp.csr_matrix:
     """Return the raw counts of ``adata`` as a float32 CSR matrix, after validation.
 
@@ -24,19 +46,7 @@ def get_counts(adata: ad.AnnData, layer: str | None = None) -> sp.csr_matrix:
     layer
         ``None`` for ``adata.X``, otherwise the name of a layer of ``adata.layers``.
     """
-    if layer is None:
-        X, where = adata.X, "adata.X"
-    else:
-        if layer not in adata.layers:
-            avail = ", ".join(map(repr, adata.layers.keys())) or "none"
-            raise InputError(f"layer {layer!r} not found in adata.layers (available: {avail}).")
-        X, where = adata.layers[layer], f"adata.layers[{layer!r}]"
-    if X is None:
-        raise InputError(f"{where} is empty; raw counts are expected.")
-    if getattr(adata, "isbacked", False) and layer is None:
-        X = X[:]  # load a backed matrix (the out-of-core path is separate)
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise InputError(f"the data are empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    X, where = layer_matrix(adata, layer)
     check_counts(X, where)
     check_unique_names(adata.var_names, "gene")
     check_unique_names(adata.obs_names, "cell")

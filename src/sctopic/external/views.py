@@ -207,19 +207,9 @@ def resolve_view(
 
 def expression_matrix(adata: ad.AnnData, layer: str | None) -> tuple[sp.csr_matrix, str]:
     """``adata.X`` or a layer as a float32 CSR matrix, and its name for messages (no value checks)."""
-    if layer is None:
-        X, where = adata.X, "adata.X"
-    else:
-        if layer not in adata.layers:
-            avail = ", ".join(map(repr, adata.layers.keys())) or "none"
-            raise InputError(f"layer {layer!r} not found in adata.layers (available: {avail}).")
-        X, where = adata.layers[layer], f"adata.layers[{layer!r}]"
-    if X is None:
-        raise InputError(f"{where} is empty.")
-    if getattr(adata, "isbacked", False) and layer is None:
-        X = X[:]
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise InputError(f"the data are empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    from sctopic.data.counts import layer_matrix
+
+    X, where = layer_matrix(adata, layer)
     if not np.issubdtype(np.asarray(X.data if sp.issparse(X) else X).dtype, np.number):
         raise InputError(f"{where} is not numeric.")
     X = sp.csr_matrix(X, dtype=np.float32)
