@@ -54,11 +54,20 @@ def register(sub) -> None:
     p = sub.add_parser("fit", help="train a topic model on an .h5ad file",
                        description="Train a topic model and write DIR/model.pt, DIR/result.h5ad "
                                    "(the data restricted to the model's genes, plus outputs) and "
-                                   "DIR/train.json.")
+                                   "DIR/train.json. With --checkpoint-every N, DIR/checkpoint.pt is "
+                                   "rewritten atomically every N epochs and deleted once all outputs are "
+                                   "written; after a crash or kill, run the same command with "
+                                   "--resume.")
     p.add_argument("data", help="input .h5ad with raw counts")
     p.add_argument("--model", choices=MODELS, default="sce2tm", help="model (default sce2tm)")
     p.add_argument("--out", required=True, help="output directory")
     add_training_args(p)
+    p.add_argument("--checkpoint-every", type=nonneg_int, default=0, metavar="N",
+                   help="write DIR/checkpoint.pt atomically every N epochs (default 0: never); "
+                        "it is removed once all outputs are written")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from DIR/checkpoint.pt (same data and flags; the result equals "
+                        "an uninterrupted run); without a checkpoint, start from scratch")
     p.set_defaults(func=run)
 
 
@@ -103,7 +112,10 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
             encoder_input=args.encoder_input, ecr_grad=args.ecr_grad, batch_key=batch_key,
             seed=args.seed,
         )
-    model.train(**train, device=args.device, seed=args.seed, progress=progress)
+    every, resume = int(getattr(args, "checkpoint_every", 0) or 0), bool(getattr(args, "resume", False))
+    ckpt = out / "checkpoint.pt" if every or resume else None
+    model.train(**train, device=args.device, seed=args.seed, progress=progress,
+                checkpoint_path=ckpt, checkpoint_every=every, resume=resume)
     model.save(out / "model.pt")
     from sctopic.data.io import write_h5ad_atomic
 
@@ -129,6 +141,8 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
                     "obsm_theta": f"X_{model.model_name}", "obsm_logits": f"X_{model.model_name}_logits"},
     }
     write_json(report, out / "train.json")
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()  # every output is written: the checkpoint is redundant
     return report
 
 

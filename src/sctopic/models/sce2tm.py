@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from sctopic.models.base import BaseTopicModel, seeded
 from sctopic.nn.sce2tm import SCE2TMModule
 from sctopic.nn.sinkhorn import ECR_GRADS
 from sctopic.train import Trainer, resolve_device
+from sctopic.train.checkpoint import check_checkpoint_args, make_checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,9 @@ class SCE2TM(BaseTopicModel):
         optimizer: str = "rmsprop",
         storage: str = "auto",
         write_results: bool = True,
+        checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_every: int = 0,
+        resume: bool = False,
     ) -> "SCE2TM":
         """Train the model.
 
@@ -210,7 +215,18 @@ class SCE2TM(BaseTopicModel):
             :func:`sctopic.data.loader.minibatch_layout`).
         write_results
             Write the outputs into the training AnnData when done (see :meth:`write_results`).
+        checkpoint_path
+            Checkpoint file for ``checkpoint_every`` and ``resume`` (see
+            :mod:`sctopic.train.checkpoint`). It is kept after training.
+        checkpoint_every
+            Write a checkpoint (atomically) after every this many epochs (0: never).
+        resume
+            Continue from ``checkpoint_path`` up to ``max_epochs``: the result is bit-for-bit
+            that of an uninterrupted run with the same seed and settings (other settings or
+            data raise :class:`~sctopic.errors.InputError`). Without the file yet, warn and
+            start from epoch 0.
         """
+        check_checkpoint_args(checkpoint_path, checkpoint_every, resume)
         if self._X is None:
             raise InputError("this model has no training data attached; load it with adata=... first.")
         if max_epochs < 1 or batch_size < 2:
@@ -276,9 +292,17 @@ class SCE2TM(BaseTopicModel):
 
         ecr = self.module.ecr
         extra = (lambda: {"sinkhorn_iterations": float(ecr.last_iterations)}) if k["ecr_weight"] > 0 else None
+        ckpt = make_checkpointer(
+            checkpoint_path, checkpoint_every, resume, model=self, X=X,
+            settings=dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=int(seed),
+                          lr_step_epochs=step, optimizer=optimizer, layout=layout,
+                          device=dev.type),
+            module=self.module, trainer=trainer, generator=gen, device=dev)
         with seeded(seed, dev):
+            if resume:
+                ckpt.restore()
             history = trainer.fit(epoch_batches, max_epochs, step_kwargs={"ecr_weight": k["ecr_weight"]},
-                                  progress=progress, extra_stats=extra)
+                                  progress=progress, extra_stats=extra, on_epoch_end=ckpt)
         self.module.eval()
         self.history_ = {key: [float(v) for v in vals] for key, vals in history.items()}
         self.train_seconds_ = time.perf_counter() - t_start

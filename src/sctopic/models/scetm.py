@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from sctopic.errors import InputError
 from sctopic.models.base import BaseTopicModel, seeded
 from sctopic.nn.scetm import SCETMModule
 from sctopic.train import Trainer, resolve_device
+from sctopic.train.checkpoint import check_checkpoint_args, make_checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,9 @@ class SCETM(BaseTopicModel):
         adv_warmup: float = 1 / 3,
         storage: str = "auto",
         write_results: bool = True,
+        checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_every: int = 0,
+        resume: bool = False,
     ) -> "SCETM":
         """Train with Adam (scETM's defaults: 800 epochs, 2000 cells per batch, lr 5e-3).
 
@@ -245,7 +250,18 @@ class SCETM(BaseTopicModel):
             :func:`sctopic.data.loader.minibatch_layout`).
         write_results
             Write the outputs into the training AnnData when done.
+        checkpoint_path
+            Checkpoint file for ``checkpoint_every`` and ``resume`` (see
+            :mod:`sctopic.train.checkpoint`). It is kept after training.
+        checkpoint_every
+            Write a checkpoint (atomically) after every this many epochs (0: never).
+        resume
+            Continue from ``checkpoint_path`` up to ``max_epochs``: the result is bit-for-bit
+            that of an uninterrupted run with the same seed and settings (other settings or
+            data raise :class:`~sctopic.errors.InputError`). Without the file yet, warn and
+            start from epoch 0.
         """
+        check_checkpoint_args(checkpoint_path, checkpoint_every, resume)
         if self._X is None:
             raise InputError("this model has no training data attached; load it with adata=... first.")
         if max_epochs < 1 or batch_size < 2:
@@ -281,8 +297,17 @@ class SCETM(BaseTopicModel):
                     batch["batch"] = codes.index_select(0, idx)
                 yield idx.shape[0], batch
 
+        ckpt = make_checkpointer(
+            checkpoint_path, checkpoint_every, resume, model=self, X=X,
+            settings=dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=int(seed),
+                          lr_decay=lr_decay, kl_weight=kl_weight, kl_warmup=kl_warmup,
+                          adv_weight=adv_weight, adv_cutoff=adv_cutoff, adv_warmup=adv_warmup,
+                          optimizer="adam", layout=layout, device=dev.type),
+            module=self.module, trainer=trainer, generator=gen, device=dev)
         with seeded(seed, dev):
-            history = trainer.fit(epoch_batches, max_epochs, progress=progress)
+            if resume:
+                ckpt.restore()
+            history = trainer.fit(epoch_batches, max_epochs, progress=progress, on_epoch_end=ckpt)
         self.module.eval()
         self.history_ = {key: [float(v) for v in vals] for key, vals in history.items()}
         self.train_seconds_ = time.perf_counter() - t_start

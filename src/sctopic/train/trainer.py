@@ -58,20 +58,30 @@ class Trainer:
         self.epoch = 0
 
     def state_dict(self) -> dict:
+        """Optimiser, schedulers, epoch and history as plain tensors, numbers and lists.
+
+        Everything :meth:`load_state_dict` needs to continue training exactly where this
+        trainer stands (the data order and noise are the caller's: see
+        :mod:`sctopic.train.checkpoint`).
+        """
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else {},
             "step_scheduler": self.step_scheduler.state_dict() if self.step_scheduler else {},
             "epoch": self.epoch,
+            "history": {k: [float(x) for x in v] for k, v in self.history.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a state returned by :meth:`state_dict` (same module and settings)."""
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
         if self.step_scheduler and state.get("step_scheduler"):
             self.step_scheduler.load_state_dict(state["step_scheduler"])
         self.epoch = int(state["epoch"])
+        self.history = defaultdict(list, {k: [float(x) for x in v]
+                                          for k, v in (state.get("history") or {}).items()})
 
     def fit(
         self,

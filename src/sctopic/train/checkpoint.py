@@ -1,0 +1,341 @@
+"""Training checkpoints: write every N epochs atomically, resume bit-for-bit.
+
+A checkpoint holds everything the next epoch depends on:
+
+* the module's ``state_dict`` (parameters and buffers, including batch-norm statistics and
+  the warm-start potentials of the ECR Sinkhorn solver);
+* the :class:`~sctopic.train.Trainer` state (optimiser, learning-rate schedulers, epoch,
+  loss history);
+* the state of the ``torch.Generator`` that draws the minibatch order and the neighbours;
+* torch's global random state (and the CUDA one on a GPU) *as the next epoch will find it*
+  inside the model's ``seeded`` block (reparameterisation noise, dropout);
+* a JSON fingerprint of the run: model class, init settings, training settings, genes and a
+  summary of the training data. Resuming with other settings or other data raises
+  :class:`~sctopic.errors.InputError` naming what differs.
+
+Resuming therefore gives the same model, bit for bit, as an uninterrupted run with the same
+seed on the same machine and device type.
+
+The file is written with :func:`torch.save` (plain tensors, numbers, strings, lists and dicts)
+under a temporary name in the same folder, flushed to disk with ``fsync``, then renamed over
+the previous checkpoint (``os.replace``, atomic on POSIX and Windows) and the folder is
+synced, so a crash at any moment leaves either the previous or the new checkpoint, never a
+partial one. It is read with ``torch.load(weights_only=True)``, which refuses pickled code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sctopic.data.io import atomic_write
+from sctopic.errors import InputError
+
+FORMAT = "sctopic-checkpoint"
+FORMAT_VERSION = 1
+
+
+def check_checkpoint_args(checkpoint_path: str | os.PathLike | None, checkpoint_every: int,
+                          resume: bool) -> None:
+    """Validate the checkpoint arguments of ``train()`` before any work is done.
+
+    Parameters
+    ----------
+    checkpoint_path
+        Checkpoint file, or None.
+    checkpoint_every
+        Write a checkpoint every this many epochs (0: never).
+    resume
+        Continue from ``checkpoint_path``.
+
+    Raises
+    ------
+    InputError
+        ``checkpoint_every`` is negative, or a checkpoint is asked for without a path.
+    """
+    if int(checkpoint_every) != checkpoint_every or checkpoint_every < 0:
+        raise InputError(f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}.")
+    if (checkpoint_every or resume) and checkpoint_path is None:
+        raise InputError("checkpoint_every > 0 and resume=True need a checkpoint_path.")
+    if checkpoint_path is not None and Path(checkpoint_path).is_dir():
+        raise InputError(f"checkpoint_path {checkpoint_path} is a directory; give a file name.")
+
+
+def run_fingerprint(model: Any, X: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-able description of a training run that a checkpoint must match.
+
+    Parameters
+    ----------
+    model
+        The topic model (its class, ``_init_kwargs``, ``genes`` and batch categories are used).
+    X
+        The training matrix (cells x genes, scipy sparse or dense): its shape, number of
+        non-zeros and total count summarise the data.
+    settings
+        The training settings that change the result (epochs, batch size, learning rate,
+        seed, schedules, device type, minibatch layout...).
+
+    Returns
+    -------
+    dict
+        Plain JSON types only (tuples become lists), so it compares equal to its own JSON
+        round trip.
+    """
+    data = getattr(X, "data", None)
+    if data is None or not hasattr(X, "nnz"):
+        arr = np.asarray(X)
+        nnz, total = int(np.count_nonzero(arr)), float(arr.sum(dtype=np.float64))
+    else:
+        nnz, total = int(X.nnz), float(np.asarray(data).sum(dtype=np.float64))
+    genes = [str(g) for g in model.genes]
+    fp = {
+        "class": type(model).__name__,
+        "init": model._init_kwargs,
+        "train": settings,
+        "data": {
+            "n_cells": int(X.shape[0]),
+            "n_genes": int(X.shape[1]),
+            "genes_sha256": hashlib.sha256("\n".join(genes).encode()).hexdigest(),
+            "nnz": nnz,
+            "total_counts": total,
+            "batch_categories": list(getattr(model, "batch_categories_", []) or []),
+        },
+    }
+    return json.loads(json.dumps(fp, sort_keys=True))
+
+
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Human-readable paths where two JSON values differ."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in saved:
+                out.append(f"{name} (not in the checkpoint)")
+            elif key not in current:
+                out.append(f"{name} (only in the checkpoint)")
+            else:
+                out.extend(_differences(saved[key], current[key], name))
+        return out
+    if saved != current:
+        s, c = json.dumps(saved)[:60], json.dumps(current)[:60]
+        return [f"{prefix}: checkpoint {s}, now {c}"]
+    return []
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a checkpoint file.
+
+    Parameters
+    ----------
+    path
+        A file written by :class:`Checkpointer`.
+
+    Returns
+    -------
+    dict
+        ``format``, ``format_version``, ``epoch``, ``fingerprint`` (JSON string), ``module``,
+        ``trainer``, ``generator``, ``torch_rng`` and ``cuda_rng`` (None on CPU).
+
+    Raises
+    ------
+    InputError
+        The file is missing, truncated, corrupt, holds pickled objects, or is not a sctopic
+        checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no checkpoint file at {path}.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, garbage, refused pickle
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(
+            f"{path} is not a readable sctopic checkpoint (truncated, corrupt, or holding objects "
+            f"other than plain tensors): {first}. Delete it to start training from scratch."
+        ) from exc
+    needed = {"format", "format_version", "epoch", "fingerprint", "module", "trainer",
+              "generator", "torch_rng"}
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not needed <= set(state):
+        raise InputError(f"{path} is not a sctopic checkpoint.")
+    if state["format_version"] != FORMAT_VERSION:
+        raise InputError(
+            f"{path} is a version {state['format_version']} checkpoint; this sctopic reads "
+            f"version {FORMAT_VERSION}."
+        )
+    return state
+
+
+class Checkpointer:
+    """Writes and restores the training state of one run; use it as ``on_epoch_end`` hook.
+
+    Parameters
+    ----------
+    path
+        Checkpoint file (rewritten in place, atomically).
+    every
+        Write after every ``every``-th epoch (0: never write; :meth:`restore` still works).
+    module
+        The torch module being trained.
+    trainer
+        Its :class:`~sctopic.train.Trainer`.
+    generator
+        The ``torch.Generator`` of minibatch order and neighbour sampling.
+    fingerprint
+        :func:`run_fingerprint` of the run.
+    device
+        The training device (its CUDA random state is saved on a GPU).
+
+    Notes
+    -----
+    Call :meth:`restore` and :meth:`~sctopic.train.Trainer.fit` inside the same ``seeded``
+    block, so the restored global random state is the one training draws from.
+    """
+
+    def __init__(self, path: str | os.PathLike, every: int, *, module: torch.nn.Module,
+                 trainer: Any, generator: torch.Generator, fingerprint: dict[str, Any],
+                 device: torch.device | str = "cpu"):
+        self.path = Path(path)
+        self.every = int(every)
+        self.module = module
+        self.trainer = trainer
+        self.generator = generator
+        self.fingerprint = fingerprint
+        self.device = torch.device(device)
+
+    def _cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint payload of the current moment (plain tensors and containers)."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "epoch": int(self.trainer.epoch),
+            "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+            "module": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
+            "trainer": self.trainer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self._cuda() else None,
+        }
+
+    def save(self) -> Path:
+        """Write the checkpoint now (temporary file, fsync, rename, folder fsync)."""
+        payload = self.state()
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                torch.save(payload, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        atomic_write(self.path, write)
+        _fsync_dir(self.path.parent)
+        return self.path
+
+    def __call__(self, epoch: int) -> None:
+        """The ``on_epoch_end`` hook: write when ``epoch`` is a multiple of ``every``."""
+        if self.every > 0 and epoch % self.every == 0:
+            self.save()
+
+    def restore(self, missing_ok: bool = True) -> int:
+        """Load the checkpoint into module, trainer, generator and the global random state.
+
+        Parameters
+        ----------
+        missing_ok
+            Without a checkpoint file, warn and start from scratch (True, so a job can
+            always be launched with ``resume``), or raise (False).
+
+        Returns
+        -------
+        int
+            The epoch training continues from (0 when starting from scratch).
+
+        Raises
+        ------
+        InputError
+            Unreadable file, or a run fingerprint (settings, genes, data) that differs from
+            this run's.
+        """
+        for stale in self.path.parent.glob(self.path.name + ".*.tmp"):
+            stale.unlink(missing_ok=True)  # left by a process killed while writing
+        if not self.path.exists():
+            if not missing_ok:
+                raise InputError(f"no checkpoint file at {self.path}.")
+            warnings.warn(f"resume: no checkpoint at {self.path} yet; training starts from epoch 0.",
+                          UserWarning, stacklevel=3)
+            return 0
+        state = load_checkpoint(self.path)
+        try:
+            saved = json.loads(state["fingerprint"])
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{self.path}: the checkpoint's fingerprint is not valid JSON.") from exc
+        diff = _differences(saved, self.fingerprint)
+        if diff:
+            shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+            raise InputError(
+                f"{self.path} was written by a different training run and cannot be resumed with "
+                f"these settings or data: {shown}. Use the original settings and data, or delete "
+                "the checkpoint to start from scratch."
+            )
+        if state["cuda_rng"] is None and self._cuda():
+            raise InputError(f"{self.path} was written on a CPU; resume it on the CPU.")
+        try:
+            self.module.load_state_dict(state["module"])
+            self.trainer.load_state_dict(state["trainer"])
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            if self._cuda():
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"{self.path} does not fit this model: {str(exc)[:300]}") from exc
+        return int(self.trainer.epoch)
+
+
+def make_checkpointer(checkpoint_path: str | os.PathLike | None, checkpoint_every: int, resume: bool,
+                      *, model: Any, X: Any, settings: dict[str, Any], module: torch.nn.Module,
+                      trainer: Any, generator: torch.Generator,
+                      device: torch.device | str) -> Checkpointer | None:
+    """The :class:`Checkpointer` of a ``train()`` call, or None without checkpoint arguments.
+
+    Parameters
+    ----------
+    checkpoint_path, checkpoint_every, resume
+        The ``train()`` arguments (see :func:`check_checkpoint_args`).
+    model, X, settings
+        For :func:`run_fingerprint`.
+    module, trainer, generator, device
+        See :class:`Checkpointer`.
+    """
+    check_checkpoint_args(checkpoint_path, checkpoint_every, resume)
+    if checkpoint_path is None:
+        return None
+    return Checkpointer(checkpoint_path, checkpoint_every, module=module, trainer=trainer,
+                        generator=generator, fingerprint=run_fingerprint(model, X, settings),
+                        device=device)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+__all__ = ["Checkpointer", "check_checkpoint_args", "load_checkpoint", "make_checkpointer",
+           "run_fingerprint"]
