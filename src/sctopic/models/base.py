@@ -10,6 +10,7 @@ import logging
 import os
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +29,19 @@ log = logging.getLogger(__name__)
 
 FORMAT = "sctopic-model"
 FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainingData:
+    """What a model's training loop needs: the training cells' counts on the device."""
+
+    X: sp.csr_matrix
+    n: int
+    cells: np.ndarray
+    layout: str
+    rows: Any  # index tensor -> minibatch (dense or sparse CSR)
+    codes: torch.Tensor | None  # batch index per training cell, or None
+    device: torch.device
 
 
 @contextmanager
@@ -332,6 +346,33 @@ class BaseTopicModel:
             return delta
         return _softmax(delta)
 
+    def _prepare_training(self, max_epochs: int, batch_size: int, device: str, storage: str) -> TrainingData:
+        """Check the training arguments, place the training cells on the device, move the module.
+
+        Shared by every model's ``train``: minibatches are sliced from one ``RowStore`` in the
+        layout :func:`~sctopic.data.loader.minibatch_layout` picks.
+        """
+        from sctopic.data.loader import RowStore, minibatch_layout
+        from sctopic.train import resolve_device
+
+        if self._X is None:
+            raise InputError("this model has no training data attached; load it with adata=... first.")
+        if max_epochs < 1 or batch_size < 2:
+            raise InputError("max_epochs must be >= 1 and batch_size >= 2.")
+        dev = resolve_device(device)
+        self.device = dev
+        cells = self._train_cells
+        X = self._X[cells]
+        layout = minibatch_layout(X, storage)
+        store = RowStore(X, dev, storage="auto" if layout == "dense" else "csr")
+        codes = None
+        if self._batch_codes is not None and self.n_batches > 0:
+            codes = torch.as_tensor(self._batch_codes[cells], device=dev)
+        self.module.to(dev)
+        return TrainingData(X=X, n=X.shape[0], cells=cells, layout=layout,
+                            rows=store.rows if layout == "dense" else store.rows_csr,
+                            codes=codes, device=dev)
+
     # ------------------------------------------------------------------ batches
     def _setup_batches(self, batch_key: str | None) -> None:
         """Batch codes of the training cells from ``adata.obs[batch_key]`` (None: no batches)."""
@@ -367,4 +408,4 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 # drop_empty is re-exported for users who want to clean data themselves.
-__all__ = ["BaseTopicModel", "drop_empty", "seeded"]
+__all__ = ["BaseTopicModel", "TrainingData", "drop_empty", "seeded"]

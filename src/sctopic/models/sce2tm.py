@@ -12,13 +12,13 @@ import torch
 
 from sctopic.data.counts import pca_embedding
 from sctopic.data.graphs import build_graph
-from sctopic.data.loader import RowStore, batch_indices, minibatch_layout, sample_neighbours
+from sctopic.data.loader import batch_indices, sample_neighbours
 from sctopic.errors import InputError
 from sctopic.external import resolve_view
 from sctopic.models.base import BaseTopicModel, seeded
 from sctopic.nn.sce2tm import SCE2TMModule
 from sctopic.nn.sinkhorn import ECR_GRADS
-from sctopic.train import Trainer, resolve_device
+from sctopic.train import Trainer
 from sctopic.train.checkpoint import check_checkpoint_args, make_checkpointer
 
 log = logging.getLogger(__name__)
@@ -227,24 +227,16 @@ class SCE2TM(BaseTopicModel):
             start from epoch 0.
         """
         check_checkpoint_args(checkpoint_path, checkpoint_every, resume)
-        if self._X is None:
-            raise InputError("this model has no training data attached; load it with adata=... first.")
-        if max_epochs < 1 or batch_size < 2:
-            raise InputError("max_epochs must be >= 1 and batch_size >= 2.")
         k = self._init_kwargs
-        if (k["cross_view"] or k["external_concat"]) and self.external_ is None:
+        if (k["cross_view"] or k["external_concat"]) and self.external_ is None and self._X is not None:
             raise InputError(
                 "this model was loaded from a file, which does not store the external view; "
                 "continuing training is not supported yet: create a new SCE2TM to train."
             )
-        dev = resolve_device(device)
-        self.device = dev
         t_start = time.perf_counter()
-        cells = self._train_cells
-        X = self._X[cells]
-        n = X.shape[0]
-        layout = minibatch_layout(X, storage)
-        store = RowStore(X, dev, storage="auto" if layout == "dense" else "csr")
+        data = self._prepare_training(max_epochs, batch_size, device, storage)
+        dev, cells, X, n, layout, rows, codes = (data.device, data.cells, data.X, data.n, data.layout,
+                                                 data.rows, data.codes)
         view = None
         if self.external_ is not None:
             view = torch.as_tensor(self.external_.matrix[cells], device=dev)
@@ -262,17 +254,12 @@ class SCE2TM(BaseTopicModel):
             for name, g in (("expr", g_expr), ("ext", g_ext)):
                 graphs[name] = (torch.as_tensor(g.neighbours, device=dev),
                                 torch.as_tensor(g.degree, device=dev))
-        self.module.to(dev)
         gen = torch.Generator().manual_seed(int(seed))
         step = lr_step_epochs
         if step == -1:
             step = max(1, max_epochs // 4)
         trainer = Trainer(self.module, lr=lr, optimizer=optimizer, lr_step_epochs=step)
 
-        rows = store.rows if layout == "dense" else store.rows_csr
-        codes = None
-        if self._batch_codes is not None and self.n_batches > 0:
-            codes = torch.as_tensor(self._batch_codes[cells], device=dev)
 
         def epoch_batches(epoch: int):
             for idx in batch_indices(n, batch_size, True, gen, dev):

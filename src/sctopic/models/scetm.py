@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sctopic.data.loader import RowStore, batch_indices, minibatch_layout
+from sctopic.data.loader import batch_indices
 from sctopic.errors import InputError
 from sctopic.models.base import BaseTopicModel, seeded
 from sctopic.nn.scetm import SCETMModule
-from sctopic.train import Trainer, resolve_device
+from sctopic.train import Trainer
 from sctopic.train.checkpoint import check_checkpoint_args, make_checkpointer
 
 log = logging.getLogger(__name__)
@@ -262,23 +262,9 @@ class SCETM(BaseTopicModel):
             start from epoch 0.
         """
         check_checkpoint_args(checkpoint_path, checkpoint_every, resume)
-        if self._X is None:
-            raise InputError("this model has no training data attached; load it with adata=... first.")
-        if max_epochs < 1 or batch_size < 2:
-            raise InputError("max_epochs must be >= 1 and batch_size >= 2.")
-        dev = resolve_device(device)
-        self.device = dev
         t_start = time.perf_counter()
-        cells = self._train_cells
-        X = self._X[cells]
-        n = X.shape[0]
-        layout = minibatch_layout(X, storage)
-        store = RowStore(X, dev, storage="auto" if layout == "dense" else "csr")
-        rows = store.rows if layout == "dense" else store.rows_csr
-        codes = None
-        if self._batch_codes is not None and self.n_batches > 0:
-            codes = torch.as_tensor(self._batch_codes[cells], device=dev)
-        self.module.to(dev)
+        data = self._prepare_training(max_epochs, batch_size, device, storage)
+        dev, X, n, layout, rows, codes = data.device, data.X, data.n, data.layout, data.rows, data.codes
         gen = torch.Generator().manual_seed(int(seed))
         trainer = Trainer(self.module, lr=lr, optimizer="adam", lr_decay=lr_decay)
         adversarial = self._init_kwargs["adversarial"]
