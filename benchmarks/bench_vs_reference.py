@@ -62,7 +62,7 @@ DATASETS = {
     "kang8": {"file": "kang2018_pbmc_ctrl_8donors.h5ad", "n_top_genes": 0, "label_key": "cell_type"},
 }
 
-CONTENDERS = ("sce2tm", "scetm", "sctopic")
+CONTENDERS = ("sce2tm", "scetm", "sctopic", "sctopic_bf16")
 
 
 def parse_args(argv=None):
@@ -192,8 +192,9 @@ def contender_cmd(name: str, args, npz: Path, out: Path) -> list[str]:
     if name == "scetm":
         return [str(ENVS / "scetm" / "bin" / "python"), str(REF / "run_scetm.py"), *common,
                 "--batch-size", str(args.scetm_batch_size)]
-    if name == "sctopic":
-        return [sys.executable, str(REF / "run_sctopic.py"), *common, "--batch-size", "512"]
+    if name in ("sctopic", "sctopic_bf16"):
+        prec = ["--precision", "bf16"] if name == "sctopic_bf16" else []
+        return [sys.executable, str(REF / "run_sctopic.py"), *common, "--batch-size", "512", *prec]
     raise ValueError(name)
 
 
@@ -344,18 +345,16 @@ TIMING_KEYS = ("loadavg_1min_before_after", "calibration_gflops_before_after", "
 
 def ratios(rows: dict) -> dict:
     out = {}
-    s = rows.get("sctopic")
-    if not s:
-        return out
-    for ref in ("sce2tm", "scetm"):
-        r = rows.get(ref)
-        if not r:
+    for mine, ref in (("sctopic", "sce2tm"), ("sctopic", "scetm"), ("sctopic_bf16", "sce2tm"),
+                      ("sctopic_bf16", "scetm")):
+        s, r = rows.get(mine), rows.get(ref)
+        if not s or not r:
             continue
 
         def div(a, b):
             return None if a in (None, 0) or b in (None, 0) else a / b
 
-        out[f"sctopic_vs_{ref}"] = {
+        out[f"{mine}_vs_{ref}"] = {
             "speedup_seconds_per_epoch": div(r["seconds_per_epoch_mean"], s["seconds_per_epoch_mean"]),
             "speedup_cells_per_second": div(s["cells_per_second"], r["cells_per_second"]),
             "speedup_train_seconds": div(r["train_seconds"], s["train_seconds"]),
@@ -501,7 +500,7 @@ def main(argv=None) -> int:
     rows: dict = {}
     for name in names:
         out = work / f"{name}_e{args.epochs}_t{args.n_topics}"
-        is_ref = name != "sctopic"
+        is_ref = not name.startswith("sctopic")
         if is_ref and args.skip_reference:
             t = run_contender(name, args, npz, out, reuse=True, allow_run=False)
             if t is None:

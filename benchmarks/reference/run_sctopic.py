@@ -30,6 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-topics", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--precision", default="32", help="32 or bf16 (SCE2TM.train(precision=...))")
     return p.parse_args(argv)
 
 
@@ -85,7 +86,8 @@ def main(argv=None) -> int:
     peak_before_train = C.peak_rss_mb()
     t1 = time.perf_counter()
     # Same schedule as the reference: halve the learning rate every 125 epochs.
-    model.train(max_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lr_step_epochs=125)
+    model.train(max_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lr_step_epochs=125,
+                precision=args.precision)
     train_call_seconds = time.perf_counter() - t1
     peak_after_train = C.peak_rss_mb()
 
@@ -115,6 +117,7 @@ def main(argv=None) -> int:
 
     timings = {
         "contender": "sctopic",
+        "precision": args.precision,
         "n_cells": n_cells,
         "n_genes": n_genes,
         "epochs": args.epochs,

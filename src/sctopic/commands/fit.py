@@ -57,7 +57,9 @@ def register(sub) -> None:
                                    "DIR/train.json. With --checkpoint-every N, DIR/checkpoint.pt is "
                                    "rewritten atomically every N epochs and deleted once all outputs are "
                                    "written; after a crash or kill, run the same command with "
-                                   "--resume.")
+                                   "--resume. Under torchrun (`torchrun --nproc-per-node N -m "
+                                   "sctopic fit ...`) or with --devices N, N processes train one "
+                                   "model data-parallel and only rank 0 writes.")
     p.add_argument("data", help="input .h5ad with raw counts")
     p.add_argument("--model", choices=MODELS, default="sce2tm", help="model (default sce2tm)")
     p.add_argument("--out", required=True, help="output directory")
@@ -68,7 +70,27 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from DIR/checkpoint.pt (same data and flags; the result equals "
                         "an uninterrupted run); without a checkpoint, start from scratch")
-    p.set_defaults(func=run)
+    p.add_argument("--backed", action="store_true",
+                   help="train out of core: X stays on disk and is read in row blocks (constant "
+                        "memory; result.h5ad is streamed)")
+    p.add_argument("--num-workers", type=positive_int, default=1,
+                   help="with --backed: reader threads prefetching blocks (default 1)")
+    p.add_argument("--precision", choices=("32", "bf16", "auto"), default="32",
+                   help="32 (default), bf16 (matrix products in bfloat16 under autocast) or auto "
+                        "(bf16 on GPUs and CPUs with native bf16 units)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the forward pass through torch.compile (GPUs; dense minibatches)")
+    add_distributed_args(p)
+    p.set_defaults(func=run, _parser=p)
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", type=positive_int, default=None, metavar="N",
+                   help="train with N processes (data-parallel, one per GPU, or N CPU processes): "
+                        "relaunches this command under torch.distributed.run (torchrun)")
+    p.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto",
+                   help="process-group backend under torchrun: auto (default: nccl on GPUs, gloo "
+                        "on the CPU), gloo or nccl")
 
 
 SCE2TM_ONLY = {"external_key": None, "ecr_weight": 100.0, "no_cross_view": False,
@@ -97,11 +119,16 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
     train = {k: getattr(args, k, None) for k in TRAIN_DEFAULTS[name]}
     train = {k: TRAIN_DEFAULTS[name][k] if v is None else v for k, v in train.items()}
     batch_key = getattr(args, "batch_key", None)
+    backed = bool(getattr(args, "backed", False))
+    if backed:
+        # Out of core: the model reads the file itself (see sctopic.data.backed).
+        adata = getattr(args, "data", adata)
+        train["num_workers"] = int(getattr(args, "num_workers", 1) or 1)
     if name == "scetm":
         model = sctopic.SCETM(
             adata, n_topics=args.n_topics, layer=args.layer, batch_key=batch_key,
             n_top_genes=args.n_hvg or None, gene_sets=getattr(args, "gene_sets", None),
-            adversarial=getattr(args, "adversarial", False), seed=args.seed,
+            adversarial=getattr(args, "adversarial", False), seed=args.seed, backed=backed,
         )
     else:
         cross_view = not args.no_cross_view and not args.external_concat
@@ -110,17 +137,31 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
             n_top_genes=args.n_hvg or None, cross_view=cross_view,
             external_concat=args.external_concat, ecr_weight=args.ecr_weight,
             encoder_input=args.encoder_input, ecr_grad=args.ecr_grad, batch_key=batch_key,
-            seed=args.seed,
+            seed=args.seed, backed=backed,
         )
     every, resume = int(getattr(args, "checkpoint_every", 0) or 0), bool(getattr(args, "resume", False))
     ckpt = out / "checkpoint.pt" if every or resume else None
+    backend = getattr(args, "backend", "auto") or "auto"
+    train["precision"] = getattr(args, "precision", "32") or "32"
+    if getattr(args, "compile", False):
+        train["compile"] = True
+        train["storage"] = "dense"
     model.train(**train, device=args.device, seed=args.seed, progress=progress,
-                checkpoint_path=ckpt, checkpoint_every=every, resume=resume)
+                checkpoint_path=ckpt, checkpoint_every=every, resume=resume, distributed=backend)
+    settings = {**model._init_kwargs, **model.train_settings_}
+    dist_info = settings.pop("distributed", None)
+    if not _is_main_process():  # under torchrun only rank 0 writes
+        return {"model": model.model_name, "rank": _rank(), "distributed": dist_info}
     model.save(out / "model.pt")
     from sctopic.data.io import write_h5ad_atomic
 
-    result = model.adata[:, model.genes].copy()
-    write_h5ad_atomic(result, out / "result.h5ad")
+    if backed:
+        from sctopic.data.io import write_backed_result
+
+        write_backed_result(model.adata, model.genes, out / "result.h5ad")
+    else:
+        result = model.adata[:, model.genes].copy()
+        write_h5ad_atomic(result, out / "result.h5ad")
     hist = model.history_
     epoch_s = hist.get("epoch_seconds", [])
     report = {
@@ -128,7 +169,7 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
         "data": str(args.data) if hasattr(args, "data") else None,
         "n_cells": int(model.adata.n_obs),
         "n_genes": len(model.genes),
-        "settings": {**model._init_kwargs, **model.train_settings_},
+        "settings": settings,
         "external_view": model._init_kwargs.get("external_key"),
         "batch_key": batch_key,
         "batches": list(model.batch_categories_),
@@ -137,6 +178,7 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
         "seconds_training": model.train_seconds_,
         "seconds_per_epoch": sum(epoch_s) / max(len(epoch_s), 1),
         "final_losses": {k: v[-1] for k, v in hist.items() if k not in ("epoch_seconds", "lr")},
+        "distributed": dist_info,
         "outputs": {"model": str(out / "model.pt"), "result": str(out / "result.h5ad"),
                     "obsm_theta": f"X_{model.model_name}", "obsm_logits": f"X_{model.model_name}_logits"},
     }
@@ -146,12 +188,77 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
     return report
 
 
+def _rank() -> int:
+    from sctopic.train.distributed import env_rank
+
+    return env_rank()
+
+
+def _is_main_process() -> bool:
+    return _rank() == 0
+
+
+def _relaunch_argv(args, parser: argparse.ArgumentParser) -> list[str]:
+    """The command line of ``args`` without ``--devices`` (for the torchrun workers)."""
+    argv = ["-q"] if getattr(args, "quiet", False) else []
+    argv += ["fit", str(args.data)]
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "devices"):
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default or value is None:
+            continue
+        flag = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            argv.append(flag)
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def launch(args, n_procs: int) -> int:
+    """Run this ``fit`` command with ``n_procs`` processes under ``torch.distributed.run``."""
+    import os
+    import subprocess
+    import sys
+
+    parser = getattr(args, "_parser", None)
+    if parser is None:  # pragma: no cover - only when called without the CLI parser
+        from sctopic.errors import InputError
+
+        raise InputError("--devices needs the sctopic command line.")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={n_procs}", "-m", "sctopic", *_relaunch_argv(args, parser)]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run(cmd, env=env).returncode
+
+
 def run(args) -> int:
     from sctopic.data.io import read_adata
+    from sctopic.errors import InputError
+    from sctopic.train.distributed import check_backend, env_world
 
-    out = prepare_out_dir(args.out)
-    adata = read_adata(args.data)
-    report = fit_and_write(adata, args, out, progress=not args.quiet)
+    check_backend(getattr(args, "backend", "auto"))
+    devices = getattr(args, "devices", None)
+    world = env_world()
+    if devices and devices > 1 and world is None:
+        return launch(args, devices)
+    if devices and world is not None and devices != world[1]:
+        raise InputError(f"--devices {devices} but torchrun started {world[1]} processes; "
+                         "drop --devices under torchrun.")
+    main = _is_main_process()
+    out = prepare_out_dir(args.out) if main else Path(args.out)
+    adata = read_adata(args.data, backed=bool(getattr(args, "backed", False)))
+    try:
+        report = fit_and_write(adata, args, out, progress=not args.quiet)
+    finally:
+        if world is not None:
+            from sctopic.train.distributed import shutdown
+
+            shutdown(barrier=False)  # rank 0 may still be writing: no need to wait for it
+    if not main:
+        return 0
     print(f"trained {report['model']} on {report['n_cells']} cells x {report['n_genes']} genes in "
           f"{report['seconds_training']:.1f} s ({report['seconds_per_epoch']:.3f} s/epoch)")
     print(f"wrote {out}/model.pt, {out}/result.h5ad, {out}/train.json")

@@ -7,11 +7,30 @@ itself). We therefore add the edges of a minimum spanning forest of the kNN grap
 every cell at least one neighbour and joins the mutual graph into the components of the kNN
 graph, and we report component counts before and after.
 
-Everything here is numpy/scipy (plus pynndescent for large inputs); no torch.
+Scale (10^4 to 10^6+ cells). Nothing here allocates anything ``n x n`` or ``n x k x k``:
+
+* kNN search: exact up to :data:`EXACT_KNN_MAX_CELLS` cells (scikit-learn's brute force,
+  which computes distances tile by tile and keeps a running top-k, called on chunks of
+  ``chunk_rows`` query rows so its outputs are bounded too); pynndescent above (approximate,
+  recall about 0.97 at k = 15 on 50 PCs of real PBMCs; measured in
+  ``benchmarks/results/graph_scale.md``).
+* Mutual kNN: for each chunk of cells, whether each neighbour lists the cell back
+  (``ind[ind[chunk]] == cell``), giving the mutual edges straight from the kNN lists.
+* Spanning forest: scipy's Kruskal on the ``k n``-edge directed kNN graph (each stored edge is
+  taken as undirected; the two directions of a pair carry the same length).
+* The edge lists are int32 (cells < 2^31), the union of the edges is de-duplicated by one sort.
+* Padded neighbour lists: at most ``max_neighbours`` per cell (default 64): a cell with more
+  graph neighbours (spanning-tree hubs) keeps its ``max_neighbours`` nearest in the padded
+  lists used for sampling; ``adjacency`` keeps every edge. Mutual neighbours number at most
+  ``k``, so with ``k <= max_neighbours`` the cap only ever drops spanning-forest edges, and
+  only from the hub's side (the other end still lists the hub).
+
+Everything here is numpy/scipy (plus scikit-learn and pynndescent for the search); no torch.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +43,82 @@ log = logging.getLogger(__name__)
 
 #: Up to this many cells the kNN search is exact (brute force is fast and deterministic there).
 EXACT_KNN_MAX_CELLS = 20_000
+#: Default cap on the padded neighbour list of one cell (see the module docstring).
+MAX_NEIGHBOURS = 64
+#: Query rows per call of the exact search (outputs ``chunk x (k+1)``; sklearn tiles inside).
+EXACT_CHUNK_ROWS = 8192
+#: Cells per chunk of the mutual-neighbour check (a ``chunk x k x k`` temporary).
+_MUTUAL_CHUNK = 1 << 16
+
+
+def _index_dtype(n: int):
+    return np.int32 if n < np.iinfo(np.int32).max else np.int64
+
+
+def knn_exact(
+    X: np.ndarray,
+    k: int = 15,
+    queries: np.ndarray | None = None,
+    chunk_rows: int = EXACT_CHUNK_ROWS,
+    n_jobs: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Euclidean ``k + 1`` nearest rows of ``X`` for each query row, chunked.
+
+    ``queries`` are row indices of ``X`` (default: all rows). The result includes the query
+    itself (normally in column 0); :func:`knn` removes it. scikit-learn's brute-force search
+    is run on ``chunk_rows`` query rows at a time; it computes the distances in tiles with a
+    running top-k, so memory is ``O(chunk_rows * k)`` plus small per-thread tiles, never
+    ``n x n``.
+
+    Returns
+    -------
+    indices, distances
+        ``(q, k + 1)`` int32 (int64 above 2^31 cells) and float32 arrays sorted by distance.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    n = X.shape[0]
+    q = np.arange(n) if queries is None else np.asarray(queries)
+    k1 = int(min(k + 1, n))
+    nn = NearestNeighbors(n_neighbors=k1, algorithm="brute", n_jobs=n_jobs).fit(X)
+    ind = np.empty((len(q), k1), dtype=_index_dtype(n))
+    dist = np.empty((len(q), k1), dtype=np.float32)
+    step = max(1, int(chunk_rows))
+    for a in range(0, len(q), step):
+        d, i = nn.kneighbors(X[q[a : a + step]])
+        ind[a : a + step] = i
+        dist[a : a + step] = d
+    return ind, dist
+
+
+def _knn(X, k, seed, exact, n_jobs, chunk_rows) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`knn` with int32 indices (the graph builders' internal form)."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    n = X.shape[0]
+    if X.ndim != 2:
+        raise InputError(f"the representation must be 2-d (cells x dimensions), got {X.shape}.")
+    if n < 2:
+        raise InputError("at least 2 cells are needed to build a neighbour graph.")
+    if not np.isfinite(X).all():
+        raise InputError("the representation has NaN or infinite values.")
+    k = int(min(k, n - 1))
+    if exact is None:
+        exact = n <= EXACT_KNN_MAX_CELLS
+    if exact:
+        ind, dist = knn_exact(X, k, chunk_rows=chunk_rows, n_jobs=n_jobs)
+    else:
+        from pynndescent import NNDescent
+
+        index = NNDescent(
+            X, n_neighbors=k + 1, random_state=seed, n_jobs=n_jobs, low_memory=True,
+            compressed=True,
+        )
+        ind, dist = index.neighbor_graph
+        del index
+        ind = ind.astype(_index_dtype(n), copy=False)
+        dist = dist.astype(np.float32, copy=False)
+    return _drop_self(ind, dist, k)
 
 
 def knn(
@@ -32,6 +127,7 @@ def knn(
     seed: int = 0,
     exact: bool | None = None,
     n_jobs: int | None = None,
+    chunk_rows: int = EXACT_CHUNK_ROWS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours (Euclidean) of every row of ``X``, excluding the row itself.
 
@@ -47,77 +143,118 @@ def knn(
         Force exact (True) or approximate pynndescent (False) search; by default exact up to
         :data:`EXACT_KNN_MAX_CELLS` cells.
     n_jobs
-        Threads for the search (default: library default).
+        Threads for the search (default: library default, i.e. all of OMP/NUMBA_NUM_THREADS).
+    chunk_rows
+        Query rows per call of the exact search (see :func:`knn_exact`).
 
     Returns
     -------
     indices, distances
         ``(n, k)`` int64 and float32 arrays, sorted by distance.
     """
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    n = X.shape[0]
-    if n < 2:
-        raise InputError("at least 2 cells are needed to build a neighbour graph.")
-    k = int(min(k, n - 1))
-    if exact is None:
-        exact = n <= EXACT_KNN_MAX_CELLS
-    if exact:
-        from sklearn.neighbors import NearestNeighbors
-
-        nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", n_jobs=n_jobs).fit(X)
-        dist, ind = nn.kneighbors(X)
-    else:
-        from pynndescent import NNDescent
-
-        index = NNDescent(
-            X, n_neighbors=k + 1, random_state=seed, n_jobs=n_jobs, low_memory=True,
-            compressed=True,
-        )
-        ind, dist = index.neighbor_graph
-    return _drop_self(ind.astype(np.int64), dist.astype(np.float32), k)
+    ind, dist = _knn(X, k, seed, exact, n_jobs, chunk_rows)
+    return ind.astype(np.int64), dist
 
 
 def _drop_self(ind: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Remove each row's own index (or, with exact duplicates, its last neighbour)."""
     n = ind.shape[0]
-    is_self = ind == np.arange(n)[:, None]
+    is_self = ind == np.arange(n, dtype=ind.dtype)[:, None]
     # Rows where self was not returned (duplicate points): drop the last column instead.
     no_self = ~is_self.any(axis=1)
     is_self[no_self, -1] = True
     # Keep the first occurrence only, if self appears twice (should not happen).
     first = np.argmax(is_self, axis=1)
-    keep = np.ones_like(is_self)
+    del is_self
+    keep = np.ones(ind.shape, dtype=bool)
     keep[np.arange(n), first] = False
     out_i = ind[keep].reshape(n, -1)[:, :k]
     out_d = dist[keep].reshape(n, -1)[:, :k]
-    return out_i, out_d
+    return np.ascontiguousarray(out_i), np.ascontiguousarray(out_d)
 
 
 def knn_matrix(ind: np.ndarray, values: np.ndarray | None = None) -> sp.csr_matrix:
-    """Directed kNN adjacency as CSR: entry (i, ind[i, j]) = values[i, j] (or 1)."""
+    """Directed kNN adjacency as CSR: entry (i, ind[i, j]) = values[i, j] (or 1).
+
+    Built directly in CSR form (row ``i`` holds ``ind[i]``; column order as in ``ind``,
+    duplicates summed) with int32 indices when the cell count allows.
+    """
     n, k = ind.shape
+    idt = _index_dtype(max(n, n * k))
     data = np.ones(n * k, dtype=np.float32) if values is None else values.ravel().astype(np.float32)
-    rows = np.repeat(np.arange(n), k)
-    return sp.csr_matrix((data, (rows, ind.ravel())), shape=(n, n))
+    indptr = np.arange(0, n * k + 1, k, dtype=idt)
+    A = sp.csr_matrix((data, ind.ravel().astype(idt, copy=False), indptr), shape=(n, n))
+    A.sum_duplicates()
+    return A
+
+
+def _mutual_mask(ind: np.ndarray) -> np.ndarray:
+    """``mask[i, a]``: cell ``ind[i, a]`` lists ``i`` among its neighbours (and is not ``i``)."""
+    n, k = ind.shape
+    mask = np.empty((n, k), dtype=bool)
+    for a in range(0, n, _MUTUAL_CHUNK):
+        b = min(n, a + _MUTUAL_CHUNK)
+        rows = np.arange(a, b, dtype=ind.dtype)[:, None]
+        nb = ind[a:b]
+        m = (ind[nb] == rows[:, :, None]).any(axis=2)
+        m &= nb != rows
+        mask[a:b] = m
+        del m
+    return mask
+
+
+def _dedupe_rows(ind: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``mask`` with repeated entries of a row of ``ind`` switched off (first one kept)."""
+    n, k = ind.shape
+    srt = np.sort(ind, axis=1)
+    if not (srt[:, 1:] == srt[:, :-1]).any():
+        return mask
+    mask = mask.copy()
+    for i in np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1)):
+        _, first = np.unique(ind[i], return_index=True)
+        dup = np.ones(k, dtype=bool)
+        dup[first] = False
+        mask[i, dup] = False
+    return mask
 
 
 def mutual_knn(ind: np.ndarray) -> sp.csr_matrix:
     """Symmetric 0/1 adjacency of mutual nearest neighbours (j in kNN(i) and i in kNN(j))."""
-    A = knn_matrix(ind)
-    M = A.multiply(A.T).tocsr()
-    M.setdiag(0)
-    M.eliminate_zeros()
+    n, k = ind.shape
+    ind = np.asarray(ind).astype(_index_dtype(n), copy=False)
+    mask = _dedupe_rows(ind, _mutual_mask(ind))
+    deg = mask.sum(axis=1)
+    idt = _index_dtype(max(n, int(deg.sum())))
+    indptr = np.zeros(n + 1, dtype=idt)
+    np.cumsum(deg, out=indptr[1:])
+    M = sp.csr_matrix((np.ones(int(indptr[-1]), np.float32), ind[mask].astype(idt, copy=False),
+                       indptr), shape=(n, n))
+    M.sort_indices()
     return M
+
+
+def _forest_edges(ind: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges (row, col, length) of a minimum spanning forest of the kNN graph, one per pair."""
+    n, k = ind.shape
+    # scipy treats explicit zeros as missing edges: duplicates get a tiny positive length.
+    # Kruskal on the directed kNN graph: each stored edge counts as undirected.
+    W = knn_matrix(ind, np.maximum(dist, 1e-12))
+    W = sp.csr_matrix((W.data.astype(np.float64), W.indices, W.indptr), shape=W.shape)
+    T = minimum_spanning_tree(W, overwrite=True).tocoo()
+    del W
+    idt = _index_dtype(n)
+    return T.row.astype(idt), T.col.astype(idt), T.data.astype(np.float32)
 
 
 def spanning_forest(ind: np.ndarray, dist: np.ndarray) -> sp.csr_matrix:
     """Symmetric 0/1 adjacency of a minimum spanning forest of the kNN graph."""
-    # scipy treats explicit zeros as missing edges: duplicates get a tiny positive length.
-    W = knn_matrix(ind, np.maximum(dist, 1e-12))
-    W = W.maximum(W.T)
-    T = minimum_spanning_tree(W)
-    T = ((T + T.T) > 0).astype(np.float32)
-    return sp.csr_matrix(T)
+    n = ind.shape[0]
+    r, c, _ = _forest_edges(ind, dist)
+    rows, cols = np.concatenate([r, c]), np.concatenate([c, r])
+    T = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, n))
+    T.sum_duplicates()
+    T.data[:] = 1.0
+    return T
 
 
 @dataclass
@@ -129,11 +266,12 @@ class NeighbourGraph:
     adjacency
         Symmetric 0/1 CSR adjacency (mutual kNN plus spanning-forest edges), no self loops.
     neighbours
-        ``(n, max_degree)`` int64 array of neighbour indices, padded with -1.
+        ``(n, width)`` int64 array of neighbour indices, padded with -1; ``width`` is the
+        largest degree capped at ``max_neighbours`` (the nearest are kept for capped cells).
     degree
         ``(n,)`` number of valid entries per row of ``neighbours`` (>= 1 for every cell).
     stats
-        Component counts and degrees, for reports.
+        Component counts, degrees, edge counts and the seconds of each step, for reports.
     """
 
     adjacency: sp.csr_matrix
@@ -142,17 +280,37 @@ class NeighbourGraph:
     stats: dict = field(default_factory=dict)
 
 
-def padded_neighbours(adj: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """Neighbour lists of a CSR adjacency as a -1-padded array and the per-row counts."""
+def padded_neighbours(
+    adj: sp.csr_matrix, max_neighbours: int | None = None, lengths: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbour lists of a CSR adjacency as a -1-padded int64 array and the per-row counts.
+
+    With ``max_neighbours``, rows with more entries keep the ``max_neighbours`` of smallest
+    ``lengths`` (aligned with ``adj.data``; default ``adj.data``), ties by column order.
+    """
     adj = sp.csr_matrix(adj)
-    deg = np.diff(adj.indptr).astype(np.int64)
     n = adj.shape[0]
-    width = int(max(deg.max(initial=0), 1))
+    deg = np.diff(adj.indptr).astype(np.int64)
+    cap = int(deg.max(initial=0)) if max_neighbours is None else int(max_neighbours)
+    if cap < 1:
+        raise InputError(f"max_neighbours must be >= 1, got {max_neighbours}.")
+    starts = adj.indptr[:-1].astype(np.int64)
+    # Position of every stored entry inside its row.
+    rows = np.repeat(np.arange(n, dtype=_index_dtype(n)), deg)
+    pos = np.arange(adj.nnz, dtype=np.int64) - np.repeat(starts, deg)
+    over = np.flatnonzero(deg > cap)
+    if len(over):
+        lengths = adj.data if lengths is None else np.asarray(lengths)
+        d_over = deg[over]
+        offs = np.repeat(np.cumsum(d_over) - d_over, d_over)  # start of each row within sel
+        sel = np.repeat(starts[over], d_over) + (np.arange(int(d_over.sum())) - offs)
+        order = np.lexsort((pos[sel], lengths[sel], rows[sel]))  # by row, then length
+        pos[sel[order]] = np.arange(len(sel)) - offs
+    width = int(max(min(deg.max(initial=0), cap), 1))
     out = np.full((n, width), -1, dtype=np.int64)
-    rows = np.repeat(np.arange(n), deg)
-    pos = np.arange(adj.nnz) - np.repeat(adj.indptr[:-1], deg)
-    out[rows, pos] = adj.indices
-    return out, deg
+    keep = pos < width
+    out[rows[keep], pos[keep]] = adj.indices[keep]
+    return out, np.minimum(deg, width)
 
 
 def build_graph(
@@ -161,6 +319,8 @@ def build_graph(
     seed: int = 0,
     connect: bool = True,
     exact: bool | None = None,
+    max_neighbours: int = MAX_NEIGHBOURS,
+    n_jobs: int | None = None,
 ) -> NeighbourGraph:
     """Mutual kNN graph of ``X``, made connected with a minimum spanning forest of the kNN graph.
 
@@ -178,32 +338,116 @@ def build_graph(
         neighbour get their nearest neighbour as the only neighbour.
     exact
         See :func:`knn`.
+    max_neighbours
+        Cap on each cell's padded neighbour list (its nearest are kept); ``adjacency`` is
+        not capped. See the module docstring.
+    n_jobs
+        Threads for the kNN search (default: all of OMP/NUMBA_NUM_THREADS).
     """
-    ind, dist = knn(X, k=k, seed=seed, exact=exact)
-    M = mutual_knn(ind)
+    if int(max_neighbours) < 1:
+        raise InputError(f"max_neighbours must be >= 1, got {max_neighbours}.")
+    t = time.perf_counter()
+    ind, dist = _knn(X, k, seed, exact, n_jobs, EXACT_CHUNK_ROWS)
+    t_knn = time.perf_counter() - t
+    g = graph_from_knn(ind, dist, connect=connect, max_neighbours=max_neighbours)
+    g.stats["exact"] = bool(X.shape[0] <= EXACT_KNN_MAX_CELLS if exact is None else exact)
+    g.stats["seconds"] = {"knn": round(t_knn, 3), **g.stats["seconds"]}
+    return g
+
+
+def graph_from_knn(
+    ind: np.ndarray,
+    dist: np.ndarray,
+    connect: bool = True,
+    max_neighbours: int = MAX_NEIGHBOURS,
+) -> NeighbourGraph:
+    """The rest of :func:`build_graph`, from kNN lists ``(n, k)`` sorted by distance.
+
+    The arrays are not modified (int32 copies are made if the indices are int64).
+    """
+    if int(max_neighbours) < 1:
+        raise InputError(f"max_neighbours must be >= 1, got {max_neighbours}.")
+    ind = np.ascontiguousarray(ind).astype(_index_dtype(ind.shape[0]), copy=False)
+    dist = np.ascontiguousarray(dist, dtype=np.float32)
+    n, kk = ind.shape
+    secs = {}
+    t = time.perf_counter()
+    mask = _dedupe_rows(ind, _mutual_mask(ind))
+    mdeg = mask.sum(axis=1)
+    n_isolated = int((mdeg == 0).sum())
+    r_m = np.repeat(np.arange(n, dtype=ind.dtype), mdeg)
+    c_m = ind[mask]
+    w_m = dist[mask]
+    del mask
+    n_mutual_edges = len(r_m) // 2
+    idt = _index_dtype(max(n, len(r_m)))
+    indptr = np.zeros(n + 1, dtype=idt)
+    np.cumsum(mdeg, out=indptr[1:])
+    M = sp.csr_matrix((np.ones(len(c_m), np.float32), c_m, indptr), shape=(n, n))
     n_comp_mutual = int(connected_components(M, directed=False)[0])
-    n_isolated = int((np.diff(M.indptr) == 0).sum())
+    del M, indptr
+    secs["mutual"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     if connect:
-        adj = ((M + spanning_forest(ind, dist)) > 0).astype(np.float32)
+        r_e, c_e, w_e = _forest_edges(ind, dist)
     else:
         # Minimal fix-up: each isolated cell is linked to its nearest neighbour.
-        iso = np.flatnonzero(np.diff(M.indptr) == 0)
-        E = sp.csr_matrix(
-            (np.ones(len(iso), np.float32), (iso, ind[iso, 0])), shape=M.shape
-        )
-        adj = ((M + E + E.T) > 0).astype(np.float32)
-    adj = sp.csr_matrix(adj)
-    adj.setdiag(0)
-    adj.eliminate_zeros()
-    adj.sort_indices()
-    nbrs, deg = padded_neighbours(adj)
+        r_e = np.flatnonzero(mdeg == 0).astype(ind.dtype)
+        c_e, w_e = ind[r_e, 0], dist[r_e, 0]
+    n_extra = len(r_e)
+    secs["forest"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    adj, lengths = _union(n, (r_m, c_m, w_m), (r_e, c_e, w_e), (c_e, r_e, w_e))
+    del r_m, c_m, w_m, r_e, c_e, w_e
+    full_deg = np.diff(adj.indptr)
+    nbrs, deg = padded_neighbours(adj, max_neighbours, lengths)
+    del lengths
+    secs["lists"] = time.perf_counter() - t
     stats = {
-        "n_cells": int(X.shape[0]),
-        "k": int(ind.shape[1]),
+        "n_cells": int(n),
+        "k": int(kk),
         "components_mutual_knn": n_comp_mutual,
         "isolated_in_mutual_knn": n_isolated,
+        "mutual_edges": int(n_mutual_edges),
+        ("forest_edges" if connect else "fixup_edges"): int(n_extra),
+        "edges": int(adj.nnz // 2),
         "components": int(connected_components(adj, directed=False)[0]),
-        "mean_degree": float(deg.mean()),
-        "max_degree": int(deg.max()),
+        "mean_degree": float(full_deg.mean()),
+        "max_degree": int(full_deg.max()),
+        "max_neighbours": int(max_neighbours),
+        "capped_cells": int((full_deg > max_neighbours).sum()),
+        "list_width": int(nbrs.shape[1]),
+        "seconds": {key: round(v, 3) for key, v in secs.items()},
     }
     return NeighbourGraph(adjacency=adj, neighbours=nbrs, degree=deg, stats=stats)
+
+
+def _union(n: int, *edge_sets) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Symmetric 0/1 CSR of the union of directed edge sets, and each entry's length.
+
+    Self loops are dropped; a pair given more than once keeps its smallest length.
+    """
+    rows = np.concatenate([e[0] for e in edge_sets])
+    cols = np.concatenate([e[1] for e in edge_sets])
+    w = np.concatenate([e[2] for e in edge_sets]).astype(np.float32, copy=False)
+    key = rows.astype(np.int64) * n + cols
+    del rows, cols
+    ok = (key // n) != (key % n)
+    key, w = key[ok], w[ok]
+    order = np.lexsort((w, key))  # by pair, shortest first
+    key, w = key[order], w[order]
+    del order
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    key, w = key[first], w[first]
+    del first
+    idt = _index_dtype(max(n, len(key)))
+    indptr = np.zeros(n + 1, dtype=idt)
+    np.cumsum(np.bincount(key // n, minlength=n), out=indptr[1:])
+    indices = (key % n).astype(idt)
+    del key
+    adj = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(n, n))
+    adj.has_sorted_indices = True
+    return adj, w

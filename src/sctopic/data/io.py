@@ -63,3 +63,79 @@ def write_h5ad_atomic(adata: ad.AnnData, path: "str | os.PathLike") -> Path:
 def write_text_atomic(text: str, path: "str | os.PathLike") -> Path:
     """Write text to ``path`` atomically (temporary file, then rename)."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_backed_result(adata: ad.AnnData, genes: "list[str]", path: "str | os.PathLike",
+                        block_size: int = 8192) -> Path:
+    """Write a backed AnnData restricted to ``genes`` to ``path``, streaming the matrices.
+
+    The out-of-core counterpart of ``adata[:, genes].copy().write_h5ad(path)``: ``obs``,
+    ``obsm``, ``uns`` and ``var``/``varm`` (the genes' rows) come from memory (where the model
+    wrote its outputs), while ``X`` and each CSR or dense layer are copied from the file behind
+    ``adata`` block by block as CSR float32, so memory stays bounded. ``obsp``/``varp`` are not
+    copied. The file appears atomically.
+    """
+    import h5py
+    import numpy as np
+    import pandas as pd
+
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+
+    from sctopic.data.backed import BackedCounts
+
+    src = Path(adata.filename)
+    cols = pd.Index(adata.var_names.astype(str)).get_indexer(list(genes))
+    if (cols < 0).any():
+        raise InputError("some model genes are not in the data; cannot write the result.")
+    with h5py.File(src, "r") as f:
+        layers = list(f["layers"].keys()) if "layers" in f else []
+        has_x = "X" in f
+
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["encoding-type"] = "anndata"
+            f.attrs["encoding-version"] = "0.1.0"
+            write_elem(f, "obs", adata.obs)
+            write_elem(f, "var", adata.var.iloc[cols])
+            write_elem(f, "obsm", {k: np.asarray(v) for k, v in adata.obsm.items()})
+            write_elem(f, "varm", {k: np.asarray(v)[cols] for k, v in adata.varm.items()})
+            write_elem(f, "uns", dict(adata.uns))
+            write_elem(f, "obsp", {})
+            write_elem(f, "varp", {})
+            if has_x:
+                _stream_csr(f, "X", BackedCounts(src, None, cols=cols), block_size)
+            lay = f.create_group("layers")
+            lay.attrs["encoding-type"] = "dict"
+            lay.attrs["encoding-version"] = "0.1.0"
+            for name in layers:
+                _stream_csr(lay, name, BackedCounts(src, name, cols=cols), block_size)
+
+    return atomic_write(path, write)
+
+
+def _stream_csr(parent, name: str, X, block_size: int) -> None:
+    """Write ``X`` (a BackedCounts view) as an anndata CSR group, one block at a time."""
+    import numpy as np
+
+    n, V = X.shape
+    g = parent.create_group(name)
+    g.attrs["encoding-type"] = "csr_matrix"
+    g.attrs["encoding-version"] = "0.1.0"
+    g.attrs["shape"] = np.array([n, V], dtype=np.int64)
+    kw = {"maxshape": (None,), "chunks": (1 << 18,)}
+    d_data = g.create_dataset("data", shape=(0,), dtype=np.float32, **kw)
+    d_ind = g.create_dataset("indices", shape=(0,), dtype=np.int32, **kw)
+    d_ptr = g.create_dataset("indptr", shape=(n + 1,), dtype=np.int64)
+    d_ptr[0] = 0
+    total = 0
+    for i0, i1, B in X.iter_blocks(block_size):
+        k = int(B.nnz)
+        d_data.resize((total + k,))
+        d_ind.resize((total + k,))
+        d_data[total:total + k] = B.data
+        d_ind[total:total + k] = B.indices.astype(np.int32)
+        d_ptr[i0 + 1:i1 + 1] = B.indptr[1:].astype(np.int64) + total
+        total += k

@@ -110,7 +110,11 @@ def minibatch_layout(X, storage: str = "auto") -> str:
     if storage != "auto":
         raise ValueError(f"storage must be 'auto', 'dense' or 'csr', got {storage!r}")
     n, V = X.shape
-    nnz = X.nnz if sp.issparse(X) else int(np.count_nonzero(X))
+    if hasattr(X, "iter_blocks"):  # out of core: the first block's density stands for all
+        first = next(iter(X.iter_blocks(4096)))[2]
+        n, nnz = first.shape[0], first.nnz
+    else:
+        nnz = X.nnz if sp.issparse(X) else int(np.count_nonzero(X))
     return "dense" if nnz >= DENSE_BATCH_DENSITY * max(n * V, 1) else "csr"
 
 
@@ -156,3 +160,25 @@ def sample_neighbours(
     col = torch.clamp((u * deg).long(), max=neighbours.shape[1] - 1)
     col = torch.minimum(col, deg - 1)
     return neighbours[idx, col]
+
+
+def resolve_ahead(items):
+    """Yield ``(n, batch)`` items one step late, calling any callable value of ``batch`` then.
+
+    A batch value may be a zero-argument callable (a read started in a background thread,
+    e.g. :meth:`sctopic.data.backed.BackedMinibatches.fetch`): holding one item back lets the
+    read of step t+1 overlap the training step t. The items, their order and every random draw
+    are the same as without look-ahead.
+    """
+    pending = None
+    for item in items:
+        if pending is not None:
+            yield _resolved(pending)
+        pending = item
+    if pending is not None:
+        yield _resolved(pending)
+
+
+def _resolved(item):
+    n, batch = item
+    return n, {k: (v() if callable(v) else v) for k, v in batch.items()}

@@ -22,6 +22,7 @@ import torch
 
 from sctopic.data.counts import drop_empty, get_counts, select_genes
 from sctopic.data.io import atomic_write, read_adata
+from sctopic.data.loader import batch_indices
 from sctopic.data.validate import nonzero_masks
 from sctopic.errors import InputError, SctopicError
 
@@ -35,13 +36,34 @@ FORMAT_VERSION = 1
 class TrainingData:
     """What a model's training loop needs: the training cells' counts on the device."""
 
-    X: sp.csr_matrix
+    X: Any  # scipy CSR of the training cells (in memory) or a BackedCounts (out of core)
     n: int
     cells: np.ndarray
     layout: str
     rows: Any  # index tensor -> minibatch (dense or sparse CSR)
     codes: torch.Tensor | None  # batch index per training cell, or None
     device: torch.device
+    #: ``(batch_size, generator) -> iterator of index tensors`` covering the training cells once
+    #: (an epoch); the indices are positions among the training cells.
+    batches: Any = None
+    #: The part of a global minibatch this process trains on (identity in one process; see
+    #: :mod:`sctopic.train.distributed`). Applied to indices before rows are gathered.
+    shard: Any = None
+    #: ``index tensor -> minibatch tensor or a callable giving it`` (out of core: a read started
+    #: in the background; resolve with :func:`sctopic.data.loader.resolve_ahead`).
+    fetch: Any = None
+
+    def __post_init__(self):
+        if self.fetch is None:
+            self.fetch = self.rows
+        if self.batches is None:
+            self.batches = lambda batch_size, gen: batch_indices(self.n, batch_size, True, gen, self.device)
+        if self.shard is None:
+            self.shard = _identity
+
+
+def _identity(t):
+    return t
 
 
 @contextmanager
@@ -67,7 +89,11 @@ class BaseTopicModel:
     model_name: ClassVar[str] = "topicmodel"
 
     # ------------------------------------------------------------------ data
-    def _setup_data(self, adata, layer: str | None, n_top_genes: int | None) -> None:
+    def _setup_data(self, adata, layer: str | None, n_top_genes: int | None, backed: bool = False) -> None:
+        self.backed = bool(backed)
+        if backed:
+            self._setup_backed(adata, layer, n_top_genes)
+            return
         adata = read_adata(adata)
         if getattr(adata, "isbacked", False):
             adata = adata.to_memory()
@@ -77,30 +103,57 @@ class BaseTopicModel:
         X = get_counts(data, layer)
         cells, genes = nonzero_masks(X)
         if not genes.all():
-            warnings.warn(
-                f"dropping {int((~genes).sum())} of {len(genes)} genes with zero counts from the "
-                "model (they carry no information).", UserWarning, stacklevel=3,
-            )
+            _warn_zero_genes(genes)
             X = X[:, genes]
-        if cells.sum() < 2:
-            raise InputError("fewer than 2 cells have non-zero counts; nothing to train on.")
-        if not cells.all():
-            warnings.warn(
-                f"{int((~cells).sum())} of {len(cells)} cells have zero counts over the model's "
-                "genes; they are left out of training (their outputs are still computed).",
-                UserWarning, stacklevel=3,
-            )
+        _check_training_cells(cells)
         self.genes: list[str] = [str(g) for g in data.var_names[genes]]
         self._X = sp.csr_matrix(X)
         self._train_cells = np.flatnonzero(cells)
 
-    def _aligned_counts(self, adata: ad.AnnData, layer: str | None, allow_missing_genes: bool) -> sp.csr_matrix:
-        """Counts of ``adata`` over the model's genes, in the model's order."""
+    def _setup_backed(self, adata, layer: str | None, n_top_genes: int | None) -> None:
+        """Out-of-core data: ``X`` stays on disk; one pass validates it and ranks the genes."""
+        from sctopic.data.backed import BackedCounts, scan_counts, select_genes_backed
+        from sctopic.data.validate import check_unique_names
+
+        path = _backed_path(adata)
+        self.adata = read_adata(path, backed=True)
+        self.layer = layer
+        check_unique_names(self.adata.var_names, "gene")
+        check_unique_names(self.adata.obs_names, "cell")
+        full = BackedCounts(path, layer)
+        if full.shape[0] == 0 or full.shape[1] == 0:
+            raise InputError(f"the data are empty ({full.shape[0]} cells x {full.shape[1]} genes).")
+        stats = scan_counts(full)
+        if n_top_genes and n_top_genes < full.shape[1]:
+            cols = select_genes_backed(stats, int(n_top_genes))
+        elif n_top_genes is not None and n_top_genes < 0:
+            raise InputError(f"n_top_genes must be >= 0 (0 keeps all genes), got {n_top_genes}.")
+        else:
+            cols = np.arange(full.shape[1])
+        keep = stats.gene_totals[cols] > 0
+        if not keep.all():
+            _warn_zero_genes(keep)
+            cols = cols[keep]
+        X = full.subset(cols=cols)
+        totals = stats.cell_totals if len(cols) == full.shape[1] else _row_totals(X)
+        cells = totals > 0
+        _check_training_cells(cells)
+        self.genes = [str(g) for g in self.adata.var_names[cols]]
+        self._X = X
+        self._train_cells = np.flatnonzero(cells)
+
+    def _aligned_counts(self, adata: ad.AnnData, layer: str | None, allow_missing_genes: bool):
+        """Counts of ``adata`` over the model's genes, in the model's order (a
+        :class:`~sctopic.data.backed.BackedCounts` view for a backed AnnData)."""
         names = pd.Index(adata.var_names.astype(str))
         if not names.is_unique:
             raise InputError("the data have duplicate gene names; run adata.var_names_make_unique().")
         pos = names.get_indexer(self.genes)
         missing = int((pos < 0).sum())
+        if getattr(adata, "isbacked", False) and not missing:
+            from sctopic.data.backed import BackedCounts
+
+            return BackedCounts(adata.filename, layer, cols=pos)
         if missing:
             frac = missing / len(self.genes)
             eg = ", ".join(g for g, p in zip(self.genes, pos) if p < 0)[:200]
@@ -336,21 +389,36 @@ class BaseTopicModel:
         view = self._inference_view(data, adata is None)
         self.module.eval()
         dev = self.device
-        store = RowStore(X, dev, storage="csr")
-        out = []
-        for idx in batch_indices(X.shape[0], batch_size, False, None, dev):
-            v = None if view is None else torch.as_tensor(view[idx.cpu().numpy()], device=dev)
-            out.append(self.module.infer(store.rows_csr(idx), v).cpu())
-        delta = torch.cat(out).numpy().astype(np.float32)
+        delta = np.empty((X.shape[0], self.n_topics), dtype=np.float32)
+        if _is_backed(X):
+            from sctopic.data.backed import to_torch
+
+            # Blocks in file order; each is split into inference batches.
+            for i0, i1, B in X.iter_blocks(max(batch_size, 8192)):
+                for s in range(0, i1 - i0, batch_size):
+                    e = min(s + batch_size, i1 - i0)
+                    v = None if view is None else torch.as_tensor(view[i0 + s:i0 + e], device=dev)
+                    with torch.no_grad():
+                        delta[i0 + s:i0 + e] = self.module.infer(to_torch(B[s:e], "csr", dev), v).cpu().numpy()
+        else:
+            store = RowStore(X, dev, storage="csr")
+            for idx in batch_indices(X.shape[0], batch_size, False, None, dev):
+                v = None if view is None else torch.as_tensor(view[idx.cpu().numpy()], device=dev)
+                with torch.no_grad():
+                    delta[idx.cpu().numpy()] = self.module.infer(store.rows_csr(idx), v).cpu().numpy()
         if logits:
             return delta
         return _softmax(delta)
 
-    def _prepare_training(self, max_epochs: int, batch_size: int, device: str, storage: str) -> TrainingData:
+    def _prepare_training(self, max_epochs: int, batch_size: int, device: str, storage: str,
+                          num_workers: int = 1, block_size: int | None = None,
+                          pool_blocks: int | None = None) -> TrainingData:
         """Check the training arguments, place the training cells on the device, move the module.
 
         Shared by every model's ``train``: minibatches are sliced from one ``RowStore`` in the
-        layout :func:`~sctopic.data.loader.minibatch_layout` picks.
+        layout :func:`~sctopic.data.loader.minibatch_layout` picks, or, out of core, read by
+        :class:`~sctopic.data.backed.BackedMinibatches` (``num_workers`` reader threads,
+        ``block_size`` cells per read, ``pool_blocks`` blocks shuffled together).
         """
         from sctopic.data.loader import RowStore, minibatch_layout
         from sctopic.train import resolve_device
@@ -364,6 +432,18 @@ class BaseTopicModel:
         cells = self._train_cells
         X = self._X[cells]
         layout = minibatch_layout(X, storage)
+        if _is_backed(X):
+            from sctopic.data.backed import DEFAULT_BLOCK_SIZE, DEFAULT_POOL_BLOCKS, BackedMinibatches
+
+            mb = BackedMinibatches(X, layout, dev, block_size=block_size or DEFAULT_BLOCK_SIZE,
+                                   pool_blocks=pool_blocks or DEFAULT_POOL_BLOCKS,
+                                   num_workers=num_workers)
+            codes = None
+            if self._batch_codes is not None and self.n_batches > 0:
+                codes = torch.as_tensor(self._batch_codes[cells], device=dev)
+            self.module.to(dev)
+            return TrainingData(X=X, n=X.shape[0], cells=cells, layout=layout, rows=mb.rows,
+                                codes=codes, device=dev, batches=mb.batches, fetch=mb.fetch)
         store = RowStore(X, dev, storage="auto" if layout == "dense" else "csr")
         codes = None
         if self._batch_codes is not None and self.n_batches > 0:
@@ -401,6 +481,52 @@ class BaseTopicModel:
     def n_batches(self) -> int:
         """Number of batches with intercepts (0 without ``batch_key``)."""
         return len(getattr(self, "batch_categories_", []) or [])
+
+def _warn_zero_genes(keep: np.ndarray) -> None:
+    warnings.warn(
+        f"dropping {int((~keep).sum())} of {len(keep)} genes with zero counts from the "
+        "model (they carry no information).", UserWarning, stacklevel=4,
+    )
+
+
+def _check_training_cells(cells: np.ndarray) -> None:
+    """Refuse fewer than 2 cells with counts; warn about the cells left out of training."""
+    if cells.sum() < 2:
+        raise InputError("fewer than 2 cells have non-zero counts; nothing to train on.")
+    if not cells.all():
+        warnings.warn(
+            f"{int((~cells).sum())} of {len(cells)} cells have zero counts over the model's "
+            "genes; they are left out of training (their outputs are still computed).",
+            UserWarning, stacklevel=4,
+        )
+
+
+def _is_backed(X) -> bool:
+    from sctopic.data.backed import BackedCounts
+
+    return isinstance(X, BackedCounts)
+
+
+def _backed_path(adata) -> str:
+    """The file behind ``backed=True`` input: a path, or an AnnData opened with backed='r'."""
+    if isinstance(adata, (str, os.PathLike)):
+        read_adata(adata, backed=True).file.close()  # the same checks and messages as reading
+        return str(adata)
+    if isinstance(adata, ad.AnnData) and getattr(adata, "isbacked", False):
+        return str(adata.filename)
+    raise InputError(
+        "backed=True trains from a file on disk: pass the .h5ad path (or an AnnData opened "
+        "with anndata.read_h5ad(path, backed='r')), not an in-memory AnnData."
+    )
+
+
+def _row_totals(X) -> np.ndarray:
+    """Per-row totals of a backed matrix (one pass)."""
+    out = np.zeros(X.shape[0], dtype=np.float64)
+    for i0, i1, B in X.iter_blocks():
+        out[i0:i1] = np.asarray(B.sum(axis=1)).ravel()
+    return out
+
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=1, keepdims=True))

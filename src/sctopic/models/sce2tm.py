@@ -12,14 +12,18 @@ import torch
 
 from sctopic.data.counts import pca_embedding
 from sctopic.data.graphs import build_graph
-from sctopic.data.loader import batch_indices, sample_neighbours
+from sctopic.data.loader import resolve_ahead, sample_neighbours
 from sctopic.errors import InputError
 from sctopic.external import resolve_view
 from sctopic.models.base import BaseTopicModel, seeded
 from sctopic.nn.sce2tm import SCE2TMModule
 from sctopic.nn.sinkhorn import ECR_GRADS
+from sctopic.nn.precision import resolve_precision
 from sctopic.train import Trainer
 from sctopic.train.checkpoint import check_checkpoint_args, make_checkpointer
+from sctopic.train.distributed import finish as finish_distributed
+from sctopic.train.distributed import prepare as prepare_distributed
+from sctopic.train.distributed import setup as setup_distributed
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,12 @@ class SCE2TM(BaseTopicModel):
         encoder does not see the batch, so new cells are embedded without one.
     seed
         Seed for the initial weights (training has its own ``seed``).
+    backed
+        Train out of core: ``adata`` is an ``.h5ad`` path (or an AnnData opened with
+        ``backed="r"``) whose count matrix stays on disk and is read in row blocks (see
+        :mod:`sctopic.data.backed` for the minibatch randomness this gives). Gene selection
+        and the expression PCA are computed in passes over the file. External views must be
+        ``None``/``"pca"`` or an ``obsm`` key.
     """
 
     model_name = "sce2tm"
@@ -104,6 +114,7 @@ class SCE2TM(BaseTopicModel):
         n_neighbors: int = 15,
         batch_key: str | None = None,
         seed: int = 0,
+        backed: bool = False,
     ):
         if int(n_topics) < 2:
             raise InputError(f"n_topics must be at least 2, got {n_topics}.")
@@ -113,13 +124,16 @@ class SCE2TM(BaseTopicModel):
             raise InputError("cross_view=True and external_concat=True are alternatives; set cross_view=False for 'w/ EC'.")
         if ecr_grad not in ECR_GRADS:
             raise InputError(f"ecr_grad must be one of {ECR_GRADS}, got {ecr_grad!r}.")
-        self._setup_data(adata, layer, n_top_genes)
+        self._setup_data(adata, layer, n_top_genes, backed=backed)
         self._setup_batches(batch_key)
         self._pca = None
         self.external_ = None
         if cross_view or external_concat:
             obs_adata = self.adata
-            self._pca = pca_embedding(self._X, 50, seed) if external_key in (None, "pca") or cross_view else None
+            if backed:
+                _check_backed_view(external_key)
+            need_pca = external_key in (None, "pca") or cross_view
+            self._pca = _pca_of(self._X, seed) if need_pca else None
             self.external_ = resolve_view(obs_adata, external_key, self._X, seed=seed, pca=self._pca,
                                           layer=layer)
         self._init_kwargs: dict[str, Any] = dict(
@@ -184,6 +198,12 @@ class SCE2TM(BaseTopicModel):
         checkpoint_path: str | os.PathLike | None = None,
         checkpoint_every: int = 0,
         resume: bool = False,
+        distributed: bool | str = "auto",
+        num_workers: int = 1,
+        block_size: int | None = None,
+        pool_blocks: int | None = None,
+        precision: str = "32",
+        compile: bool = False,
     ) -> "SCE2TM":
         """Train the model.
 
@@ -225,6 +245,23 @@ class SCE2TM(BaseTopicModel):
             that of an uninterrupted run with the same seed and settings (other settings or
             data raise :class:`~sctopic.errors.InputError`). Without the file yet, warn and
             start from epoch 0.
+        precision
+            ``"32"`` (default), ``"bf16"`` (dense matrix products in bfloat16 under autocast;
+            parameters, distances, Sinkhorn and losses stay float32; see
+            :mod:`sctopic.nn.precision`) or ``"auto"`` (bf16 on GPUs and CPUs with native
+            bf16 units, else 32).
+        compile
+            Run the forward pass through :func:`torch.compile` (meant for GPUs; dense
+            minibatches only; the first steps pay the compilation).
+        num_workers, block_size, pool_blocks
+            Out of core only (``backed=True``): reader threads prefetching ahead (1), cells
+            per contiguous read (8192) and blocks shuffled together into minibatches (4).
+        distributed
+            Data-parallel training across the processes of a ``torchrun`` launch (see
+            :mod:`sctopic.train.distributed`): ``"auto"`` (default) when torchrun started more
+            than one process, ``True`` or a backend (``"gloo"``, ``"nccl"``) to require it,
+            ``False`` never. Each process trains on its share of every minibatch; only rank 0
+            shows progress, writes checkpoints and writes the results into ``adata``.
         """
         check_checkpoint_args(checkpoint_path, checkpoint_every, resume)
         k = self._init_kwargs
@@ -234,7 +271,9 @@ class SCE2TM(BaseTopicModel):
                 "continuing training is not supported yet: create a new SCE2TM to train."
             )
         t_start = time.perf_counter()
-        data = self._prepare_training(max_epochs, batch_size, device, storage)
+        dist = setup_distributed(distributed, device)
+        data = self._prepare_training(max_epochs, batch_size, device if dist.device is None else dist.device,
+                                      storage, num_workers, block_size, pool_blocks)
         dev, cells, X, n, layout, rows, codes = (data.device, data.cells, data.X, data.n, data.layout,
                                                  data.rows, data.codes)
         view = None
@@ -258,18 +297,29 @@ class SCE2TM(BaseTopicModel):
         step = lr_step_epochs
         if step == -1:
             step = max(1, max_epochs // 4)
-        trainer = Trainer(self.module, lr=lr, optimizer=optimizer, lr_step_epochs=step)
+        prec = resolve_precision(precision, dev)
+        if compile and layout == "csr":
+            raise InputError("compile=True needs dense minibatches (torch.compile does not trace "
+                             "sparse CSR tensors): pass storage='dense'.")
+        ddp = prepare_distributed(self.module, data, dist, batch_size)
+        trainer = Trainer(self.module, lr=lr, optimizer=optimizer, lr_step_epochs=step, wrapper=ddp,
+                          reduce_sum=dist.all_reduce_sum if dist.enabled else None,
+                          precision=prec, compile=compile)
 
 
-        def epoch_batches(epoch: int):
-            for idx in batch_indices(n, batch_size, True, gen, dev):
+        def planned_batches():
+            for idx in data.batches(batch_size, gen):
                 if k["cross_view"]:
-                    nb_x = sample_neighbours(*graphs["expr"], idx, gen)
-                    nb_v = sample_neighbours(*graphs["ext"], idx, gen)
+                    # Neighbours are drawn for the whole minibatch before sharding, so every
+                    # process draws the same numbers and their generators stay in step.
+                    nb_x = data.shard(sample_neighbours(*graphs["expr"], idx, gen))
+                    nb_v = data.shard(sample_neighbours(*graphs["ext"], idx, gen))
+                    idx = data.shard(idx)
                     # Anchors and their expression neighbours in one gather (one encoder pass).
-                    batch = {"x": rows(torch.cat([idx, nb_x])), "v": view.index_select(0, idx),
+                    batch = {"x": data.fetch(torch.cat([idx, nb_x])), "v": view.index_select(0, idx),
                              "v_nb": view.index_select(0, nb_v)}
                 else:
+                    idx = data.shard(idx)
                     batch = {"x": rows(idx)}
                 if codes is not None:
                     batch["batch"] = codes.index_select(0, idx)
@@ -277,27 +327,35 @@ class SCE2TM(BaseTopicModel):
                     batch["v"] = view.index_select(0, idx)
                 yield idx.shape[0], batch
 
+        def epoch_batches(epoch: int):
+            # Out of core, the neighbours' rows of step t+1 are read while step t trains.
+            return resolve_ahead(planned_batches())
+
         ecr = self.module.ecr
         extra = (lambda: {"sinkhorn_iterations": float(ecr.last_iterations)}) if k["ecr_weight"] > 0 else None
         ckpt = make_checkpointer(
             checkpoint_path, checkpoint_every, resume, model=self, X=X,
             settings=dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=int(seed),
-                          lr_step_epochs=step, optimizer=optimizer, layout=layout,
+                          lr_step_epochs=step, optimizer=optimizer, layout=layout, precision=prec,
                           device=dev.type),
-            module=self.module, trainer=trainer, generator=gen, device=dev)
-        with seeded(seed, dev):
+            module=self.module, trainer=trainer, generator=gen, device=dev, dist=dist)
+        with seeded(seed + dist.rank, dev):  # noise differs between processes, not the batches
             if resume:
                 ckpt.restore()
             history = trainer.fit(epoch_batches, max_epochs, step_kwargs={"ecr_weight": k["ecr_weight"]},
-                                  progress=progress, extra_stats=extra, on_epoch_end=ckpt)
+                                  progress=progress and dist.is_main, extra_stats=extra, on_epoch_end=ckpt)
+        dist_info = finish_distributed(self.module, dist)
         self.module.eval()
         self.history_ = {key: [float(v) for v in vals] for key, vals in history.items()}
         self.train_seconds_ = time.perf_counter() - t_start
         self.is_trained_ = True
         self.train_settings_ = dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
                                     device=str(dev), seed=seed, lr_step_epochs=step,
-                                    optimizer=optimizer, n_cells=int(n))
-        if write_results and self.adata is not None:
+                                    optimizer=optimizer, n_cells=int(n), world_size=dist.world_size,
+                                    precision=prec)
+        if dist_info:
+            self.train_settings_["distributed"] = dist_info
+        if write_results and self.adata is not None and dist.is_main:
             self.write_results()
         return self
 
@@ -336,3 +394,21 @@ class SCE2TM(BaseTopicModel):
         self.train_settings_ = extra.get("train_settings", {})
         self.external_ = None
         self._pca = None
+
+
+def _check_backed_view(external_key) -> None:
+    """Out of core, only views that need no pass of a foundation model over the data."""
+    if isinstance(external_key, str) and (external_key in ("random", "go") or ":" in external_key):
+        raise InputError(
+            f"external view {external_key!r} is not available with backed=True; compute it once "
+            "(e.g. `sctopic embed`), store it in adata.obsm and pass its key."
+        )
+
+
+def _pca_of(X, seed: int) -> np.ndarray:
+    """50 PCs of log-normalised counts, in memory or in passes over a backed file."""
+    if hasattr(X, "iter_blocks"):
+        from sctopic.data.pca import pca_blocks
+
+        return pca_blocks(lambda: (b for _, _, b in X.iter_blocks()), X.shape[1], 50)
+    return pca_embedding(X, 50, seed)

@@ -11,12 +11,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sctopic.data.loader import batch_indices
 from sctopic.errors import InputError
 from sctopic.models.base import BaseTopicModel, seeded
 from sctopic.nn.scetm import SCETMModule
+from sctopic.nn.precision import resolve_precision
 from sctopic.train import Trainer
 from sctopic.train.checkpoint import check_checkpoint_args, make_checkpointer
+from sctopic.train.distributed import finish as finish_distributed
+from sctopic.train.distributed import prepare as prepare_distributed
+from sctopic.train.distributed import setup as setup_distributed
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,10 @@ class SCETM(BaseTopicModel):
         Reconstruct library-normalised counts (scETM's default; every cell weighs the same).
     seed
         Seed for the initial weights.
+    backed
+        Train out of core: ``adata`` is an ``.h5ad`` path (or an AnnData opened with
+        ``backed="r"``) whose count matrix stays on disk and is read in row blocks (see
+        :mod:`sctopic.data.backed` for the minibatch randomness this gives).
     """
 
     model_name = "scetm"
@@ -112,10 +119,11 @@ class SCETM(BaseTopicModel):
         adversarial: bool = False,
         normed_loss: bool = True,
         seed: int = 0,
+        backed: bool = False,
     ):
         if int(n_topics) < 2:
             raise InputError(f"n_topics must be at least 2, got {n_topics}.")
-        self._setup_data(adata, layer, n_top_genes)
+        self._setup_data(adata, layer, n_top_genes, backed=backed)
         self._setup_batches(batch_key)
         if adversarial and self.n_batches < 2:
             raise InputError("adversarial=True needs batch_key naming a column with at least 2 batches.")
@@ -221,6 +229,12 @@ class SCETM(BaseTopicModel):
         checkpoint_path: str | os.PathLike | None = None,
         checkpoint_every: int = 0,
         resume: bool = False,
+        distributed: bool | str = "auto",
+        num_workers: int = 1,
+        block_size: int | None = None,
+        pool_blocks: int | None = None,
+        precision: str = "32",
+        compile: bool = False,
     ) -> "SCETM":
         """Train with Adam (scETM's defaults: 800 epochs, 2000 cells per batch, lr 5e-3).
 
@@ -260,13 +274,39 @@ class SCETM(BaseTopicModel):
             that of an uninterrupted run with the same seed and settings (other settings or
             data raise :class:`~sctopic.errors.InputError`). Without the file yet, warn and
             start from epoch 0.
+        precision
+            ``"32"`` (default), ``"bf16"`` (dense matrix products in bfloat16 under autocast;
+            parameters, distances, Sinkhorn and losses stay float32; see
+            :mod:`sctopic.nn.precision`) or ``"auto"`` (bf16 on GPUs and CPUs with native
+            bf16 units, else 32).
+        compile
+            Run the forward pass through :func:`torch.compile` (meant for GPUs; dense
+            minibatches only; the first steps pay the compilation).
+        num_workers, block_size, pool_blocks
+            Out of core only (``backed=True``): reader threads prefetching ahead (1), cells
+            per contiguous read (8192) and blocks shuffled together into minibatches (4).
+        distributed
+            Data-parallel training across the processes of a ``torchrun`` launch (see
+            :mod:`sctopic.train.distributed`): ``"auto"`` (default) when torchrun started more
+            than one process, ``True`` or a backend (``"gloo"``, ``"nccl"``) to require it,
+            ``False`` never. Each process trains on its share of every minibatch; only rank 0
+            shows progress, writes checkpoints and writes the results into ``adata``.
         """
         check_checkpoint_args(checkpoint_path, checkpoint_every, resume)
         t_start = time.perf_counter()
-        data = self._prepare_training(max_epochs, batch_size, device, storage)
+        dist = setup_distributed(distributed, device)
+        data = self._prepare_training(max_epochs, batch_size, device if dist.device is None else dist.device,
+                                      storage, num_workers, block_size, pool_blocks)
         dev, X, n, layout, rows, codes = data.device, data.X, data.n, data.layout, data.rows, data.codes
         gen = torch.Generator().manual_seed(int(seed))
-        trainer = Trainer(self.module, lr=lr, optimizer="adam", lr_decay=lr_decay)
+        prec = resolve_precision(precision, dev)
+        if compile and layout == "csr":
+            raise InputError("compile=True needs dense minibatches (torch.compile does not trace "
+                             "sparse CSR tensors): pass storage='dense'.")
+        ddp = prepare_distributed(self.module, data, dist, batch_size)
+        trainer = Trainer(self.module, lr=lr, optimizer="adam", lr_decay=lr_decay, wrapper=ddp,
+                          reduce_sum=dist.all_reduce_sum if dist.enabled else None,
+                          precision=prec, compile=compile)
         adversarial = self._init_kwargs["adversarial"]
 
         def ramp(epoch: int, start: float, length: float, top: float) -> float:
@@ -277,7 +317,8 @@ class SCETM(BaseTopicModel):
             kw = {"kl_weight": ramp(epoch, 0.0, kl_warmup, kl_weight) if kl_warmup > 0 else kl_weight}
             if adversarial:
                 kw["adv_weight"] = ramp(epoch, adv_cutoff, adv_warmup, adv_weight)
-            for idx in batch_indices(n, batch_size, True, gen, dev):
+            for idx in data.batches(batch_size, gen):
+                idx = data.shard(idx)
                 batch = {"x": rows(idx), **kw}
                 if codes is not None:
                     batch["batch"] = codes.index_select(0, idx)
@@ -288,12 +329,14 @@ class SCETM(BaseTopicModel):
             settings=dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=int(seed),
                           lr_decay=lr_decay, kl_weight=kl_weight, kl_warmup=kl_warmup,
                           adv_weight=adv_weight, adv_cutoff=adv_cutoff, adv_warmup=adv_warmup,
-                          optimizer="adam", layout=layout, device=dev.type),
-            module=self.module, trainer=trainer, generator=gen, device=dev)
-        with seeded(seed, dev):
+                          optimizer="adam", layout=layout, precision=prec, device=dev.type),
+            module=self.module, trainer=trainer, generator=gen, device=dev, dist=dist)
+        with seeded(seed + dist.rank, dev):  # noise differs between processes, not the batches
             if resume:
                 ckpt.restore()
-            history = trainer.fit(epoch_batches, max_epochs, progress=progress, on_epoch_end=ckpt)
+            history = trainer.fit(epoch_batches, max_epochs, progress=progress and dist.is_main,
+                                  on_epoch_end=ckpt)
+        dist_info = finish_distributed(self.module, dist)
         self.module.eval()
         self.history_ = {key: [float(v) for v in vals] for key, vals in history.items()}
         self.train_seconds_ = time.perf_counter() - t_start
@@ -302,8 +345,11 @@ class SCETM(BaseTopicModel):
                                     device=str(dev), seed=seed, lr_decay=lr_decay,
                                     kl_weight=kl_weight, kl_warmup=kl_warmup,
                                     adv_weight=adv_weight if adversarial else 0.0,
-                                    optimizer="adam", n_cells=int(n))
-        if write_results and self.adata is not None:
+                                    optimizer="adam", n_cells=int(n), world_size=dist.world_size,
+                                    precision=prec)
+        if dist_info:
+            self.train_settings_["distributed"] = dist_info
+        if write_results and self.adata is not None and dist.is_main:
             self.write_results()
         return self
 

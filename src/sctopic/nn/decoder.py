@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sctopic.nn.precision import full_precision, to_full
+
 
 def pairwise_sq_dist(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``(K, V)`` squared Euclidean distances between rows of ``t`` (K x L) and ``g`` (V x L)."""
@@ -46,8 +48,10 @@ class EmbeddedTopicDecoder(nn.Module):
         return F.normalize(w, dim=1)
 
     def cost(self) -> torch.Tensor:
-        """``(K, V)`` squared distances between topic and gene embeddings."""
-        return pairwise_sq_dist(self.topic_embedding, self.gene_embedding)
+        """``(K, V)`` squared distances between topic and gene embeddings (always float32:
+        the expansion ``|t|^2 + |g|^2 - 2 t.g`` cancels badly in bfloat16)."""
+        with full_precision(self.topic_embedding):
+            return pairwise_sq_dist(self.topic_embedding, self.gene_embedding)
 
     def beta(self, cost: torch.Tensor | None = None) -> torch.Tensor:
         """``(K, V)`` topic-gene matrix; columns sum to 1."""
@@ -57,7 +61,7 @@ class EmbeddedTopicDecoder(nn.Module):
 
     def logits(self, theta: torch.Tensor, beta: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised log expression ``BN(theta beta) + lambda_batch``, ``(B, V)``."""
-        logits = self.bn(theta @ beta)
+        logits = to_full(self.bn(theta @ beta))
         if self.batch_intercept is not None and batch is not None:
             logits = logits + self.batch_intercept.index_select(0, batch)
         return logits
@@ -116,7 +120,7 @@ class LinearTopicDecoder(nn.Module):
 
     def logits(self, theta: torch.Tensor, beta: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised log expression ``theta beta + lambda_batch``, ``(B, V)``."""
-        logits = theta @ beta
+        logits = to_full(theta @ beta)
         if self.batch_intercept is not None and batch is not None:
             logits = logits + self.batch_intercept.index_select(0, batch)
         return logits

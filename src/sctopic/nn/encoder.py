@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sctopic.nn.precision import full_precision, to_full
+
 
 class TopicEncoder(nn.Module):
     """MLP from a cell's expression to the posterior of its topic logits.
@@ -41,12 +43,16 @@ class TopicEncoder(nn.Module):
         """Return ``(mu, logvar)``, each ``(B, K)``; ``x`` may be a sparse CSR tensor."""
         if x.layout == torch.sparse_csr:
             first = self.mlp[0]
-            # Sparse x dense product: O(non-zeros x hidden), also in the weight gradient.
-            h = self.mlp[1:](x @ first.weight.T + first.bias)
+            # Sparse x dense product: O(non-zeros x hidden), also in the weight gradient;
+            # float32 (sparse kernels have no bf16 path, and they are memory-bound anyway).
+            with full_precision(x):
+                h0 = x @ first.weight.T + first.bias
+            h = self.mlp[1:](h0)
         else:
             h = self.mlp(x)
         h = self.dropout(h)
-        return self.mu_bn(self.mu(h)), self.logvar_bn(self.logvar(h))
+        # float32 out: under bf16 autocast only the products above ran in bf16.
+        return to_full(self.mu_bn(self.mu(h))), to_full(self.logvar_bn(self.logvar(h)))
 
 
 class ClusterHead(nn.Module):
@@ -67,8 +73,8 @@ class ClusterHead(nn.Module):
         )
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        """Cluster logits ``(B, K)`` (apply softmax for assignments)."""
-        return self.net(v)
+        """Cluster logits ``(B, K)`` (apply softmax for assignments), float32."""
+        return to_full(self.net(v))
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, sample: bool) -> torch.Tensor:
@@ -106,11 +112,12 @@ class NormalEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(mu, logsigma)``, each ``(B, K)``; ``x`` may be a sparse CSR tensor."""
         if x.layout == torch.sparse_csr:
-            h = x @ self.first.weight.T + self.first.bias  # O(non-zeros x hidden)
+            with full_precision(x):  # O(non-zeros x hidden), float32 (see TopicEncoder)
+                h = x @ self.first.weight.T + self.first.bias
         else:
             h = self.first(x)
         h = self.rest(h)
-        return self.mu(h), self.logsigma(h).clamp(-10.0, 10.0)
+        return to_full(self.mu(h)), to_full(self.logsigma(h)).clamp(-10.0, 10.0)
 
 
 class BatchDiscriminator(nn.Module):
@@ -125,5 +132,5 @@ class BatchDiscriminator(nn.Module):
                                  nn.Linear(n_hidden, n_batches))
 
     def forward(self, delta: torch.Tensor) -> torch.Tensor:
-        """Batch logits ``(B, n_batches)``."""
-        return self.net(delta)
+        """Batch logits ``(B, n_batches)``, float32."""
+        return to_full(self.net(delta))

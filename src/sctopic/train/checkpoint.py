@@ -16,6 +16,10 @@ A checkpoint holds everything the next epoch depends on:
 Resuming therefore gives the same model, bit for bit, as an uninterrupted run with the same
 seed on the same machine and device type.
 
+Under ``torchrun`` (:mod:`sctopic.train.distributed`) only rank 0 writes the file; it also
+holds every process's global random state (``rank_rng``), and each process restores its own.
+The number of processes is part of the fingerprint of a distributed run.
+
 The file is written with :func:`torch.save` (plain tensors, numbers, strings, lists and dicts)
 under a temporary name in the same folder, flushed to disk with ``fsync``, then renamed over
 the previous checkpoint (``os.replace``, atomic on POSIX and Windows) and the folder is
@@ -88,7 +92,9 @@ def run_fingerprint(model: Any, X: Any, settings: dict[str, Any]) -> dict[str, A
         round trip.
     """
     data = getattr(X, "data", None)
-    if data is None or not hasattr(X, "nnz"):
+    if hasattr(X, "count_summary"):  # out of core: one pass over the file
+        nnz, total = X.count_summary()
+    elif data is None or not hasattr(X, "nnz"):
         arr = np.asarray(X)
         nnz, total = int(np.count_nonzero(arr)), float(arr.sum(dtype=np.float64))
     else:
@@ -191,6 +197,10 @@ class Checkpointer:
         :func:`run_fingerprint` of the run.
     device
         The training device (its CUDA random state is saved on a GPU).
+    dist
+        The :class:`~sctopic.train.distributed.DistContext` of a data-parallel run (None: one
+        process). Writing then is a collective call (the random states of all processes are
+        gathered) and only rank 0 writes.
 
     Notes
     -----
@@ -200,8 +210,9 @@ class Checkpointer:
 
     def __init__(self, path: str | os.PathLike, every: int, *, module: torch.nn.Module,
                  trainer: Any, generator: torch.Generator, fingerprint: dict[str, Any],
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", dist: Any = None):
         self.path = Path(path)
+        self.dist = dist if dist is not None and dist.enabled else None
         self.every = int(every)
         self.module = module
         self.trainer = trainer
@@ -227,8 +238,17 @@ class Checkpointer:
         }
 
     def save(self) -> Path:
-        """Write the checkpoint now (temporary file, fsync, rename, folder fsync)."""
+        """Write the checkpoint now (temporary file, fsync, rename, folder fsync).
+
+        In a data-parallel run every process must call it; only rank 0 writes.
+        """
         payload = self.state()
+        if self.dist is not None:
+            from sctopic.train.distributed import gather_rng_states
+
+            payload["rank_rng"] = gather_rng_states(self.dist)
+            if not self.dist.is_main:
+                return self.path
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:
@@ -265,8 +285,9 @@ class Checkpointer:
             Unreadable file, or a run fingerprint (settings, genes, data) that differs from
             this run's.
         """
-        for stale in self.path.parent.glob(self.path.name + ".*.tmp"):
-            stale.unlink(missing_ok=True)  # left by a process killed while writing
+        if self.dist is None or self.dist.is_main:
+            for stale in self.path.parent.glob(self.path.name + ".*.tmp"):
+                stale.unlink(missing_ok=True)  # left by a process killed while writing
         if not self.path.exists():
             if not missing_ok:
                 raise InputError(f"no checkpoint file at {self.path}.")
@@ -292,9 +313,15 @@ class Checkpointer:
             self.module.load_state_dict(state["module"])
             self.trainer.load_state_dict(state["trainer"])
             self.generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            if self._cuda():
-                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            rank_rng = state.get("rank_rng")
+            if self.dist is not None and rank_rng is not None and len(rank_rng) == self.dist.world_size:
+                from sctopic.train.distributed import set_rng_state
+
+                set_rng_state(rank_rng[self.dist.rank], self.dist)
+            else:
+                torch.set_rng_state(state["torch_rng"])
+                if self._cuda():
+                    torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise InputError(f"{self.path} does not fit this model: {str(exc)[:300]}") from exc
         return int(self.trainer.epoch)
@@ -303,7 +330,7 @@ class Checkpointer:
 def make_checkpointer(checkpoint_path: str | os.PathLike | None, checkpoint_every: int, resume: bool,
                       *, model: Any, X: Any, settings: dict[str, Any], module: torch.nn.Module,
                       trainer: Any, generator: torch.Generator,
-                      device: torch.device | str) -> Checkpointer | None:
+                      device: torch.device | str, dist: Any = None) -> Checkpointer | None:
     """The :class:`Checkpointer` of a ``train()`` call, or None without checkpoint arguments.
 
     Parameters
@@ -312,15 +339,18 @@ def make_checkpointer(checkpoint_path: str | os.PathLike | None, checkpoint_ever
         The ``train()`` arguments (see :func:`check_checkpoint_args`).
     model, X, settings
         For :func:`run_fingerprint`.
-    module, trainer, generator, device
-        See :class:`Checkpointer`.
+    module, trainer, generator, device, dist
+        See :class:`Checkpointer`. With a distributed ``dist``, the number of processes joins
+        the fingerprint's training settings.
     """
     check_checkpoint_args(checkpoint_path, checkpoint_every, resume)
     if checkpoint_path is None:
         return None
+    if dist is not None and dist.enabled:
+        settings = {**settings, "world_size": int(dist.world_size)}
     return Checkpointer(checkpoint_path, checkpoint_every, module=module, trainer=trainer,
                         generator=generator, fingerprint=run_fingerprint(model, X, settings),
-                        device=device)
+                        device=device, dist=dist)
 
 
 def _fsync_dir(folder: Path) -> None:

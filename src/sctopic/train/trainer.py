@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sctopic.errors import SctopicError
+from sctopic.nn.precision import autocast
 
 OPTIMIZERS = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -36,15 +37,39 @@ class Trainer:
     lr_decay
         Multiply the learning rate by ``exp(-lr_decay)`` after every optimiser step (scETM's
         schedule; 0: off). Exclusive with ``lr_step_epochs``.
+    wrapper
+        A module wrapping ``module`` that runs the forward pass instead of it, e.g.
+        :class:`~torch.nn.parallel.DistributedDataParallel` (which averages gradients across
+        processes). The optimiser, its state and checkpoints stay on ``module``.
+    reduce_sum
+        ``tensor -> tensor`` summing over processes (see
+        :meth:`sctopic.train.distributed.DistContext.all_reduce_sum`). The per-epoch sums of
+        the losses and the number of cells are reduced with it once per epoch, so the history
+        holds the mean over all processes' cells (the same on every process).
+    compile
+        Run the forward pass through :func:`torch.compile` (the optimiser, checkpoints and
+        the state stay on ``module``).
+    precision
+        ``"32"`` or ``"bf16"``: run the forward pass under bfloat16 autocast (see
+        :mod:`sctopic.nn.precision`); the backward pass follows the forward's dtypes.
     """
 
     def __init__(self, module: torch.nn.Module, lr: float = 1e-3, optimizer: str = "rmsprop",
-                 lr_step_epochs: int | None = None, lr_gamma: float = 0.5, lr_decay: float = 0.0):
+                 lr_step_epochs: int | None = None, lr_gamma: float = 0.5, lr_decay: float = 0.0,
+                 wrapper: torch.nn.Module | None = None,
+                 reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 precision: str = "32", compile: bool = False):
         if optimizer not in OPTIMIZERS:
             raise SctopicError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
         if lr_step_epochs and lr_decay:
             raise SctopicError("choose one learning-rate schedule: lr_step_epochs or lr_decay")
         self.module = module
+        self.forward = module if wrapper is None else wrapper
+        self.precision = precision
+        if compile:
+            # Fuses the step's elementwise work (GPUs; on a CPU it needs a C++ compiler).
+            self.forward = torch.compile(self.forward, dynamic=True)
+        self.reduce_sum = reduce_sum
         self.optimizer = OPTIMIZERS[optimizer](module.parameters(), lr=lr)
         self.scheduler = (
             torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=lr_step_epochs, gamma=lr_gamma)
@@ -114,12 +139,13 @@ class Trainer:
         bar = tqdm(range(self.epoch, max_epochs), disable=not progress, desc="training",
                    unit="epoch", initial=self.epoch, total=max_epochs)
         for epoch in bar:
-            self.module.train()
+            self.forward.train()
             t0 = time.perf_counter()
             sums: dict[str, float] = defaultdict(float)
             n_seen = 0
             for n_cells, batch in epoch_batches(epoch):
-                out = self.module(**batch, **step_kwargs)
+                with autocast(next(self.module.parameters()).device, self.precision):
+                    out = self.forward(**batch, **step_kwargs)
                 loss = out["loss"]
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -140,6 +166,8 @@ class Trainer:
             if self.scheduler:
                 self.scheduler.step()
             self.epoch = epoch + 1
+            if self.reduce_sum is not None:
+                sums, n_seen = self._reduce(sums, n_seen)
             for k, v in sums.items():
                 self.history[k].append(v / max(n_seen, 1))
             self.history["epoch_seconds"].append(time.perf_counter() - t0)
@@ -149,3 +177,10 @@ class Trainer:
                 on_epoch_end(self.epoch)
         bar.close()
         return dict(self.history)
+
+    def _reduce(self, sums: dict[str, float], n_seen: int) -> tuple[dict[str, float], float]:
+        """Sum the epoch's loss sums and cell count over processes (one collective call)."""
+        keys = sorted(sums)
+        vec = torch.tensor([sums[k] for k in keys] + [float(n_seen)], dtype=torch.float64)
+        vec = self.reduce_sum(vec)
+        return dict(zip(keys, vec[:-1].tolist())), float(vec[-1])

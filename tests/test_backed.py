@@ -1,0 +1,208 @@
+"""Out-of-core (backed) data: block reads, minibatches, gene selection, training and outputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from conftest import shared_file
+from sctopic.data.backed import (
+    BackedCounts,
+    BackedMinibatches,
+    scan_counts,
+    select_genes_backed,
+)
+from sctopic.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def pbmc_file(tmp_path_factory, pbmc_small):
+    """The bundled real PBMCs written to disk as CSR, with a counts layer too."""
+    path = tmp_path_factory.mktemp("backed") / "pbmc.h5ad"
+    a = pbmc_small.copy()
+    a.X = sp.csr_matrix(a.X, dtype=np.float32)
+    a.layers["counts"] = a.X.copy()
+    a.write_h5ad(path)
+    return path, a
+
+
+def test_block_and_scattered_reads_equal_the_matrix(pbmc_file):
+    path, a = pbmc_file
+    X = sp.csr_matrix(a.X)
+    rng = np.random.default_rng(0)
+    cols = np.sort(rng.choice(a.n_vars, 300, replace=False))[::-1].copy()  # any column order
+    rows = np.sort(rng.choice(a.n_obs, 500, replace=False))
+    full = BackedCounts(path)
+    view = full.subset(rows=rows, cols=cols)
+    ref = X[rows][:, cols]
+    assert view.shape == ref.shape
+    assert (view.to_memory() != ref).nnz == 0
+    assert (view.block(17, 230) != ref[17:230]).nnz == 0
+    pick = np.array([0, 3, 4, 99, 250, 499])
+    assert (view.take(pick) != ref[pick]).nnz == 0
+    assert (BackedCounts(path, "counts").block(5, 9) != X[5:9]).nnz == 0
+    assert view.count_summary() == (ref.nnz, pytest.approx(float(ref.sum())))
+
+
+def test_minibatches_cover_every_cell_once_and_rows_match(pbmc_file):
+    path, a = pbmc_file
+    X = sp.csr_matrix(a.X, dtype=np.float32)
+    mb = BackedMinibatches(BackedCounts(path), "dense", torch.device("cpu"), block_size=64, pool_blocks=2)
+    gen = torch.Generator().manual_seed(0)
+    seen = []
+    far = torch.tensor([0, 699, 350, 350])  # repeated, and mostly outside the current pool
+    for idx in mb.batches(50, gen):
+        assert 2 <= len(idx) <= 50
+        seen.append(idx.numpy())
+        got = mb.rows(idx).numpy()
+        np.testing.assert_array_equal(got, X[idx.numpy()].toarray())
+        mixed = torch.cat([idx[:5], far])
+        np.testing.assert_array_equal(mb.rows(mixed).numpy(), X[mixed.numpy()].toarray())
+    allidx = np.concatenate(seen)
+    assert np.array_equal(np.sort(allidx), np.arange(a.n_obs))
+    # Each minibatch draws from one pool: at most pool_blocks blocks of 64 consecutive cells.
+    spans = [len(np.unique(mb.bounds.searchsorted(b, side="right"))) for b in seen]
+    assert max(spans) <= 2
+    # Same seed, same epoch; a CSR layout gives the same rows.
+    again = list(BackedMinibatches(BackedCounts(path), "csr", torch.device("cpu"), block_size=64,
+                                   pool_blocks=2).batches(50, torch.Generator().manual_seed(0)))
+    assert all(torch.equal(x, y) for x, y in zip(again, [torch.as_tensor(s) for s in seen]))
+
+
+def test_backed_gene_selection_matches_scanpy_seurat():
+    from sctopic.data.counts import select_genes
+
+    path = shared_file("pbmc3k_seurat_labels.h5ad")
+    a = ad.read_h5ad(path)
+    X = BackedCounts(path)
+    stats = scan_counts(X)
+    cols = select_genes_backed(stats, 2000)
+    ref = select_genes(a, 2000)
+    assert list(a.var_names[cols]) == list(ref.var_names)
+
+
+def test_scan_rejects_normalised_values(tmp_path, pbmc_small):
+    a = pbmc_small.copy()
+    a.X = sp.csr_matrix(np.log1p(a.X.toarray()).astype(np.float32))
+    a.write_h5ad(tmp_path / "lognorm.h5ad")
+    with pytest.raises(InputError, match="non-integer"):
+        scan_counts(BackedCounts(tmp_path / "lognorm.h5ad"))
+
+
+def test_backed_input_errors(tmp_path, pbmc_small):
+    import sctopic
+
+    with pytest.raises(InputError, match="not an in-memory AnnData"):
+        sctopic.SCETM(pbmc_small, n_topics=5, backed=True)
+    a = pbmc_small.copy()
+    a.X = sp.csc_matrix(a.X)
+    a.write_h5ad(tmp_path / "csc.h5ad")
+    with pytest.raises(InputError, match="CSC"):
+        sctopic.SCETM(tmp_path / "csc.h5ad", n_topics=5, backed=True)
+    with pytest.raises(InputError, match="layer 'nope' not found"):
+        sctopic.SCETM(tmp_path / "csc.h5ad", n_topics=5, backed=True, layer="nope")
+
+
+@pytest.mark.parametrize("cls", ["SCETM", "SCE2TM"])
+def test_backed_model_matches_in_memory_setup_and_inference(cls, pbmc_file):
+    import sctopic
+
+    path, a = pbmc_file
+    Model = getattr(sctopic, cls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mem = Model(a.copy(), n_topics=8, n_top_genes=300, seed=0)
+        bk = Model(path, n_topics=8, n_top_genes=300, seed=0, backed=True)
+    assert bk.genes == mem.genes
+    assert np.array_equal(bk._train_cells, mem._train_cells)
+    if cls == "SCE2TM":  # the out-of-core PCA equals the in-memory one up to signs
+        for j in range(10):
+            assert abs(np.corrcoef(bk._pca[:, j], mem._pca[:, j])[0, 1]) > 0.999
+    bk.train(max_epochs=4, batch_size=128, progress=False, block_size=200, pool_blocks=2)
+    h = bk.history_["loss"]
+    assert h[-1] < h[0]
+    theta = bk.get_cell_topics()
+    assert theta.shape == (a.n_obs, 8)
+    np.testing.assert_allclose(theta.sum(1), 1.0, atol=1e-5)
+    # The same trained weights give the same topics from memory.
+    theta_mem = bk.get_cell_topics(a.copy())
+    np.testing.assert_allclose(theta, theta_mem, atol=1e-6)
+    assert f"X_{bk.model_name}" in bk.adata.obsm
+
+
+def test_resolve_ahead_keeps_items_and_order():
+    from sctopic.data.loader import resolve_ahead
+
+    calls = []
+
+    def make(i):
+        def read():
+            calls.append(i)
+            return i * 10
+        return read
+
+    items = [(i, {"x": make(i), "v": i}) for i in range(4)]
+    got = []
+    for n, b in resolve_ahead(iter(items)):
+        got.append((n, b["x"], b["v"]))
+    assert got == [(i, i * 10, i) for i in range(4)]
+    assert calls == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("cls", ["SCETM", "SCE2TM"])
+def test_backed_resume_is_bit_identical(cls, pbmc_file, tmp_path, monkeypatch):
+    import sctopic
+    from sctopic.train.checkpoint import Checkpointer
+
+    class Crash(Exception):
+        pass
+
+    path, _ = pbmc_file
+    kw = dict(n_topics=6, n_top_genes=200, seed=0, backed=True)
+    tr = dict(max_epochs=4, batch_size=100, progress=False, block_size=150, pool_blocks=2,
+              write_results=False)
+    Model = getattr(sctopic, cls)
+    full = Model(path, **kw).train(**tr)
+    ck = tmp_path / "ck.pt"
+    orig = Checkpointer.__call__
+
+    def crash_after_2(self, epoch):
+        orig(self, epoch)
+        if epoch == 2:
+            raise Crash
+
+    monkeypatch.setattr(Checkpointer, "__call__", crash_after_2)
+    with pytest.raises(Crash):
+        Model(path, **kw).train(checkpoint_path=ck, checkpoint_every=1, **tr)
+    monkeypatch.undo()
+    resumed = Model(path, **kw).train(checkpoint_path=ck, resume=True, **tr)
+    for (k, v), (_, w) in zip(full.module.state_dict().items(), resumed.module.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert full.history_["loss"] == resumed.history_["loss"]
+
+
+def test_cli_fit_backed_streams_result(pbmc_file, tmp_path):
+    path, a = pbmc_file
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "sctopic", "-q", "fit", str(path), "--model", "scetm", "--backed",
+         "--out", str(out), "--n-topics", "5", "--n-hvg", "250", "--max-epochs", "2"],
+        capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stderr
+    res = ad.read_h5ad(out / "result.h5ad")
+    rep = json.loads((out / "train.json").read_text())
+    assert res.n_vars == rep["n_genes"] == 250 and res.n_obs == a.n_obs
+    assert res.obsm["X_scetm"].shape == (a.n_obs, 5)
+    np.testing.assert_allclose(res.obsm["X_scetm"].sum(1), 1.0, atol=1e-5)
+    ref = sp.csr_matrix(a.X)[:, a.var_names.get_indexer(res.var_names)]
+    assert (sp.csr_matrix(res.X) != ref).nnz == 0
+    assert (sp.csr_matrix(res.layers["counts"]) != ref).nnz == 0
+    assert list(res.obs_names) == list(a.obs_names)
