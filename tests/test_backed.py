@@ -96,6 +96,20 @@ def test_scan_rejects_normalised_values(tmp_path, pbmc_small):
         scan_counts(BackedCounts(tmp_path / "lognorm.h5ad"))
 
 
+def test_backed_inference_validates_new_data(tmp_path, pbmc_small):
+    import sctopic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = sctopic.SCETM(pbmc_small.copy(), n_topics=4, seed=0)
+    m.train(max_epochs=1, progress=False, write_results=False)
+    a = pbmc_small.copy()
+    a.X = sp.csr_matrix(np.log1p(a.X.toarray()).astype(np.float32))
+    a.write_h5ad(tmp_path / "lognorm.h5ad")
+    with pytest.raises(InputError, match="non-integer"):
+        m.get_cell_topics(ad.read_h5ad(tmp_path / "lognorm.h5ad", backed="r"))
+
+
 def test_backed_input_errors(tmp_path, pbmc_small):
     import sctopic
 

@@ -394,7 +394,11 @@ class BaseTopicModel:
             from sctopic.data.backed import to_torch
 
             # Blocks in file order; each is split into inference batches.
+            from sctopic.data.validate import check_counts
+
             for i0, i1, B in X.iter_blocks(max(batch_size, 8192)):
+                if adata is not None:  # new data on disk: validated as it streams
+                    check_counts(B, f"{X.where} of {X.path.name}")
                 for s in range(0, i1 - i0, batch_size):
                     e = min(s + batch_size, i1 - i0)
                     v = None if view is None else torch.as_tensor(view[i0 + s:i0 + e], device=dev)
