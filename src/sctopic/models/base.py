@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class TrainingData:
     #: ``index tensor -> minibatch tensor or a callable giving it`` (out of core: a read started
     #: in the background; resolve with :func:`sctopic.data.loader.resolve_ahead`).
     fetch: Any = None
+    #: ``"32"`` or ``"bf16"``: the training precision resolved for the device.
+    precision: str = "32"
 
     def __post_init__(self):
         if self.fetch is None:
@@ -416,15 +419,19 @@ class BaseTopicModel:
 
     def _prepare_training(self, max_epochs: int, batch_size: int, device: str, storage: str,
                           num_workers: int = 1, block_size: int | None = None,
-                          pool_blocks: int | None = None) -> TrainingData:
+                          pool_blocks: int | None = None, precision: str = "32",
+                          compile: bool = False) -> TrainingData:
         """Check the training arguments, place the training cells on the device, move the module.
 
         Shared by every model's ``train``: minibatches are sliced from one ``RowStore`` in the
         layout :func:`~sctopic.data.loader.minibatch_layout` picks, or, out of core, read by
         :class:`~sctopic.data.backed.BackedMinibatches` (``num_workers`` reader threads,
-        ``block_size`` cells per read, ``pool_blocks`` blocks shuffled together).
+        ``block_size`` cells per read, ``pool_blocks`` blocks shuffled together). ``precision``
+        is resolved for the device (:func:`sctopic.nn.precision.resolve_precision`), and
+        ``compile`` is refused with sparse minibatches, which torch.compile cannot trace.
         """
         from sctopic.data.loader import RowStore, minibatch_layout
+        from sctopic.nn.precision import resolve_precision
         from sctopic.train import resolve_device
 
         if self._X is None:
@@ -436,6 +443,10 @@ class BaseTopicModel:
         cells = self._train_cells
         X = self._X[cells]
         layout = minibatch_layout(X, storage)
+        if compile and layout == "csr":
+            raise InputError("compile=True needs dense minibatches (torch.compile does not trace "
+                             "sparse CSR tensors): pass storage='dense'.")
+        prec = resolve_precision(precision, dev)
         if _is_backed(X):
             from sctopic.data.backed import DEFAULT_BLOCK_SIZE, DEFAULT_POOL_BLOCKS, BackedMinibatches
 
@@ -447,7 +458,8 @@ class BaseTopicModel:
                 codes = torch.as_tensor(self._batch_codes[cells], device=dev)
             self.module.to(dev)
             return TrainingData(X=X, n=X.shape[0], cells=cells, layout=layout, rows=mb.rows,
-                                codes=codes, device=dev, batches=mb.batches, fetch=mb.fetch)
+                                codes=codes, device=dev, batches=mb.batches, fetch=mb.fetch,
+                                precision=prec)
         store = RowStore(X, dev, storage="auto" if layout == "dense" else "csr")
         codes = None
         if self._batch_codes is not None and self.n_batches > 0:
@@ -455,7 +467,24 @@ class BaseTopicModel:
         self.module.to(dev)
         return TrainingData(X=X, n=X.shape[0], cells=cells, layout=layout,
                             rows=store.rows if layout == "dense" else store.rows_csr,
-                            codes=codes, device=dev)
+                            codes=codes, device=dev, precision=prec)
+
+    def _finish_training(self, history: dict, t_start: float, dist, settings: dict,
+                         write_results: bool) -> None:
+        """Shared end of every model's ``train``: close the distributed run, record history,
+        time and settings, and (on rank 0) write the outputs into the training AnnData."""
+        from sctopic.train.distributed import finish as finish_distributed
+
+        dist_info = finish_distributed(self.module, dist)
+        self.module.eval()
+        self.history_ = {key: [float(v) for v in vals] for key, vals in history.items()}
+        self.train_seconds_ = time.perf_counter() - t_start
+        self.is_trained_ = True
+        self.train_settings_ = {**settings, "world_size": dist.world_size}
+        if dist_info:
+            self.train_settings_["distributed"] = dist_info
+        if write_results and self.adata is not None and dist.is_main:
+            self.write_results()
 
     # ------------------------------------------------------------------ batches
     def _setup_batches(self, batch_key: str | None) -> None:
@@ -514,8 +543,7 @@ def _is_backed(X) -> bool:
 def _backed_path(adata) -> str:
     """The file behind ``backed=True`` input: a path, or an AnnData opened with backed='r'."""
     if isinstance(adata, (str, os.PathLike)):
-        read_adata(adata, backed=True).file.close()  # the same checks and messages as reading
-        return str(adata)
+        return str(adata)  # read_adata checks it (existence, suffix, HDF5) with clear messages
     if isinstance(adata, ad.AnnData) and getattr(adata, "isbacked", False):
         return str(adata.filename)
     raise InputError(

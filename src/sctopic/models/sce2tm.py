@@ -18,10 +18,8 @@ from sctopic.external import resolve_view
 from sctopic.models.base import BaseTopicModel, seeded
 from sctopic.nn.sce2tm import SCE2TMModule
 from sctopic.nn.sinkhorn import ECR_GRADS
-from sctopic.nn.precision import resolve_precision
 from sctopic.train import Trainer
 from sctopic.train.checkpoint import check_checkpoint_args, make_checkpointer
-from sctopic.train.distributed import finish as finish_distributed
 from sctopic.train.distributed import prepare as prepare_distributed
 from sctopic.train.distributed import setup as setup_distributed
 
@@ -273,7 +271,8 @@ class SCE2TM(BaseTopicModel):
         t_start = time.perf_counter()
         dist = setup_distributed(distributed, device)
         data = self._prepare_training(max_epochs, batch_size, device if dist.device is None else dist.device,
-                                      storage, num_workers, block_size, pool_blocks)
+                                      storage, num_workers, block_size, pool_blocks, precision,
+                                      compile)
         dev, cells, X, n, layout, rows, codes = (data.device, data.cells, data.X, data.n, data.layout,
                                                  data.rows, data.codes)
         view = None
@@ -297,10 +296,7 @@ class SCE2TM(BaseTopicModel):
         step = lr_step_epochs
         if step == -1:
             step = max(1, max_epochs // 4)
-        prec = resolve_precision(precision, dev)
-        if compile and layout == "csr":
-            raise InputError("compile=True needs dense minibatches (torch.compile does not trace "
-                             "sparse CSR tensors): pass storage='dense'.")
+        prec = data.precision
         ddp = prepare_distributed(self.module, data, dist, batch_size)
         trainer = Trainer(self.module, lr=lr, optimizer=optimizer, lr_step_epochs=step, wrapper=ddp,
                           reduce_sum=dist.all_reduce_sum if dist.enabled else None,
@@ -344,19 +340,9 @@ class SCE2TM(BaseTopicModel):
                 ckpt.restore()
             history = trainer.fit(epoch_batches, max_epochs, step_kwargs={"ecr_weight": k["ecr_weight"]},
                                   progress=progress and dist.is_main, extra_stats=extra, on_epoch_end=ckpt)
-        dist_info = finish_distributed(self.module, dist)
-        self.module.eval()
-        self.history_ = {key: [float(v) for v in vals] for key, vals in history.items()}
-        self.train_seconds_ = time.perf_counter() - t_start
-        self.is_trained_ = True
-        self.train_settings_ = dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
-                                    device=str(dev), seed=seed, lr_step_epochs=step,
-                                    optimizer=optimizer, n_cells=int(n), world_size=dist.world_size,
-                                    precision=prec)
-        if dist_info:
-            self.train_settings_["distributed"] = dist_info
-        if write_results and self.adata is not None and dist.is_main:
-            self.write_results()
+        self._finish_training(history, t_start, dist, write_results=write_results, settings=dict(
+            max_epochs=max_epochs, batch_size=batch_size, lr=lr, device=str(dev), seed=seed,
+            lr_step_epochs=step, optimizer=optimizer, n_cells=int(n), precision=prec))
         return self
 
     # ------------------------------------------------------------------ inference

@@ -14,10 +14,8 @@ import torch
 from sctopic.errors import InputError
 from sctopic.models.base import BaseTopicModel, seeded
 from sctopic.nn.scetm import SCETMModule
-from sctopic.nn.precision import resolve_precision
 from sctopic.train import Trainer
 from sctopic.train.checkpoint import check_checkpoint_args, make_checkpointer
-from sctopic.train.distributed import finish as finish_distributed
 from sctopic.train.distributed import prepare as prepare_distributed
 from sctopic.train.distributed import setup as setup_distributed
 
@@ -296,13 +294,11 @@ class SCETM(BaseTopicModel):
         t_start = time.perf_counter()
         dist = setup_distributed(distributed, device)
         data = self._prepare_training(max_epochs, batch_size, device if dist.device is None else dist.device,
-                                      storage, num_workers, block_size, pool_blocks)
+                                      storage, num_workers, block_size, pool_blocks, precision,
+                                      compile)
         dev, X, n, layout, rows, codes = data.device, data.X, data.n, data.layout, data.rows, data.codes
         gen = torch.Generator().manual_seed(int(seed))
-        prec = resolve_precision(precision, dev)
-        if compile and layout == "csr":
-            raise InputError("compile=True needs dense minibatches (torch.compile does not trace "
-                             "sparse CSR tensors): pass storage='dense'.")
+        prec = data.precision
         ddp = prepare_distributed(self.module, data, dist, batch_size)
         trainer = Trainer(self.module, lr=lr, optimizer="adam", lr_decay=lr_decay, wrapper=ddp,
                           reduce_sum=dist.all_reduce_sum if dist.enabled else None,
@@ -336,21 +332,11 @@ class SCETM(BaseTopicModel):
                 ckpt.restore()
             history = trainer.fit(epoch_batches, max_epochs, progress=progress and dist.is_main,
                                   on_epoch_end=ckpt)
-        dist_info = finish_distributed(self.module, dist)
-        self.module.eval()
-        self.history_ = {key: [float(v) for v in vals] for key, vals in history.items()}
-        self.train_seconds_ = time.perf_counter() - t_start
-        self.is_trained_ = True
-        self.train_settings_ = dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
-                                    device=str(dev), seed=seed, lr_decay=lr_decay,
-                                    kl_weight=kl_weight, kl_warmup=kl_warmup,
-                                    adv_weight=adv_weight if adversarial else 0.0,
-                                    optimizer="adam", n_cells=int(n), world_size=dist.world_size,
-                                    precision=prec)
-        if dist_info:
-            self.train_settings_["distributed"] = dist_info
-        if write_results and self.adata is not None and dist.is_main:
-            self.write_results()
+        self._finish_training(history, t_start, dist, write_results=write_results, settings=dict(
+            max_epochs=max_epochs, batch_size=batch_size, lr=lr, device=str(dev), seed=seed,
+            lr_decay=lr_decay, kl_weight=kl_weight, kl_warmup=kl_warmup,
+            adv_weight=adv_weight if adversarial else 0.0, optimizer="adam", n_cells=int(n),
+            precision=prec))
         return self
 
     # ------------------------------------------------------------------ save / load
