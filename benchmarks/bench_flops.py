@@ -181,33 +181,43 @@ def sinkhorn_flops(K: int, V: int, iters: int, check_every: int = 5, kernels: in
 
 
 # ----------------------------------------------------------------------------- timing
-def time_fn(fn, repeats: int, warmup: int = 2, stat: str = "min") -> float:
-    """Best (``min``, for floors) or ``median`` wall time of ``fn`` over ``repeats`` calls."""
+def time_fn(fn, repeats: int, warmup: int = 2, stat: str = "min", device="cpu") -> float:
+    """Best (``min``, for floors) or ``median`` wall time of ``fn`` over ``repeats`` calls.
+
+    On a CUDA ``device`` the queue is drained before and after each call, so the wall time
+    is the device time of the call."""
+    import torch
+
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     for _ in range(warmup):
         fn()
     ts = []
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t)
     return float(np.min(ts) if stat == "min" else np.median(ts))
 
 
-def matmul_rates(matmuls: dict, repeats: int = 10) -> list[dict]:
+def matmul_rates(matmuls: dict, repeats: int = 10, device="cpu") -> list[dict]:
     import torch
+
+    dev = torch.device(device)
 
     rows = []
     for key, (calls, flops) in sorted(matmuls.items(), key=lambda kv: -kv[1][1]):
         kind = key[0]
         if kind == "mm":
             _, sa, st_a, sb, st_b = key
-            a = torch.empty_strided(sa, st_a).normal_()
-            b = torch.empty_strided(sb, st_b).normal_()
+            a = torch.empty_strided(sa, st_a, device=dev).normal_()
+            b = torch.empty_strided(sb, st_b, device=dev).normal_()
             fn = lambda a=a, b=b: torch.mm(a, b)  # noqa: E731
         elif kind == "bmm":
             _, sa, st_a, sb, st_b = key
-            a = torch.empty_strided(sa, st_a).normal_()
-            b = torch.empty_strided(sb, st_b).normal_()
+            a = torch.empty_strided(sa, st_a, device=dev).normal_()
+            b = torch.empty_strided(sb, st_b, device=dev).normal_()
             fn = lambda a=a, b=b: torch.bmm(a, b)  # noqa: E731
         elif kind == "spmm":
             _, sa, nnz, sb, left = key
@@ -216,11 +226,11 @@ def matmul_rates(matmuls: dict, repeats: int = 10) -> list[dict]:
             flat = torch.randperm(sp_shape[0] * sp_shape[1], generator=gen)[:nnz].sort().values
             rows_, cols_ = flat // sp_shape[1], flat % sp_shape[1]
             spm = torch.sparse_coo_tensor(torch.stack([rows_, cols_]), torch.rand(nnz),
-                                          sp_shape).coalesce().to_sparse_csr()
-            dn = torch.randn(sb if left else sa)
+                                          sp_shape).coalesce().to_sparse_csr().to(dev)
+            dn = torch.randn(sb if left else sa, device=dev)
             fn = (lambda a=spm, b=dn: a @ b) if left else (lambda a=dn, b=spm: a @ b)  # noqa: E731
             per_call = flops / calls
-            t = time_fn(fn, repeats)
+            t = time_fn(fn, repeats, device=dev)
             rows.append({"op": "spmm (sparse x dense)" if left else "mm (dense x sparse)",
                          "shapes": [list(sa), list(sb)], "nnz": nnz, "calls": calls,
                          "flops": int(flops), "seconds_per_call": t,
@@ -228,13 +238,13 @@ def matmul_rates(matmuls: dict, repeats: int = 10) -> list[dict]:
             continue
         elif kind == "mv":
             _, sa, st_a, sb = key
-            a = torch.empty_strided(sa, st_a).normal_()
-            b = torch.randn(sb)
+            a = torch.empty_strided(sa, st_a, device=dev).normal_()
+            b = torch.randn(sb, device=dev)
             fn = lambda a=a, b=b: torch.mv(a, b)  # noqa: E731
         else:
             continue
         per_call = flops / calls
-        t = time_fn(fn, repeats)
+        t = time_fn(fn, repeats, device=dev)
         rows.append({"op": kind, "shapes": [list(key[1]), list(key[3])],
                      "strides": [list(key[2])] + ([list(key[4])] if len(key) > 4 else []),
                      "calls": calls, "flops": int(flops), "seconds_per_call": t,
@@ -250,11 +260,12 @@ def square_rate(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / t / 1e9
 
 
-def matvec_rate(K: int, V: int, repeats: int = 50) -> float:
+def matvec_rate(K: int, V: int, repeats: int = 50, device="cpu") -> float:
     import torch
 
-    Kt, v, u = torch.rand(K, V), torch.rand(V), torch.rand(K)
-    t = time_fn(lambda: (Kt @ v, Kt.T @ u), repeats)
+    Kt, v, u = (torch.rand(K, V, device=device), torch.rand(V, device=device),
+                torch.rand(K, device=device))
+    t = time_fn(lambda: (Kt @ v, Kt.T @ u), repeats, device=device)
     return 4 * K * V / t / 1e9
 
 
@@ -292,7 +303,7 @@ def resolve_layout(layout: str, X) -> str:
         return "dense"
 
 
-def make_step(model, X, emb, batch_size: int, seed: int, layout: str = "dense"):
+def make_step(model, X, emb, batch_size: int, seed: int, layout: str = "dense", device="cpu"):
     """A closure running one full optimisation step through ``model.module``.
 
     The batch is built as training builds it: the anchors and one sampled neighbour of each
@@ -309,11 +320,11 @@ def make_step(model, X, emb, batch_size: int, seed: int, layout: str = "dense"):
     nb = rng.choice(n, size=idx.size, replace=True)  # neighbour stand-ins (cost is the same)
 
     def counts(rows):
-        t = torch.as_tensor(X[rows].toarray())
+        t = torch.as_tensor(X[rows].toarray(), device=device)
         return t.to_sparse_csr() if layout == "csr" else t
 
-    v = torch.as_tensor(emb[idx])
-    v_nb = torch.as_tensor(emb[nb])
+    v = torch.as_tensor(emb[idx], device=device)
+    v_nb = torch.as_tensor(emb[nb], device=device)
     params = inspect.signature(mod.forward).parameters
     ecr_w = float(getattr(model, "_init_kwargs", {}).get("ecr_weight", 100.0))
     extra = {"ecr_weight": ecr_w} if "ecr_weight" in params else {}

@@ -51,6 +51,106 @@ def test_block_and_scattered_reads_equal_the_matrix(pbmc_file):
     assert view.count_summary() == (ref.nnz, pytest.approx(float(ref.sum())))
 
 
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_row_reader_process_reads_the_same_rows(pbmc_file, tmp_path, monkeypatch, shared_memory):
+    """Scattered rows read by the helper process equal those read through h5py here."""
+    import os
+
+    from sctopic.data._rowreader import RowReaderProcess
+
+    if not shared_memory:  # the pipe-only protocol (platforms without memfd_create)
+        monkeypatch.delattr(os, "memfd_create", raising=False)
+    path, a = pbmc_file
+    X = sp.csr_matrix(a.X)
+    rng = np.random.default_rng(1)
+    rows = np.sort(rng.choice(a.n_obs, 400, replace=False))
+    cols = np.sort(rng.choice(a.n_vars, 200, replace=False))
+    view = BackedCounts(path, "counts").subset(rows=rows, cols=cols)
+    reader = view.row_reader()
+    assert isinstance(reader, RowReaderProcess)
+    try:
+        for size in (1, 37, 400):  # growing requests (the shared buffer grows)
+            pick = np.sort(rng.choice(400, size, replace=False))
+            got = view.take(pick, reader=reader)
+            assert got.dtype == np.float32
+            assert (got != X[rows[pick]][:, cols]).nnz == 0
+        assert reader._proc is not None and reader._proc.poll() is None
+    finally:
+        reader.close()
+    assert reader._proc is None and reader._fd == -1
+    # float64 data, int64 indices and empty rows
+    M = sp.random(60, 40, density=0.2, format="csr", random_state=3, dtype=np.float64)
+    M.data = np.round(M.data * 10) + 1
+    M[[5, 6, 59]] = 0
+    M.eliminate_zeros()
+    M.indices = M.indices.astype(np.int64)
+    M.indptr = M.indptr.astype(np.int64)
+    f = tmp_path / "f64.h5ad"
+    ad.AnnData(M).write_h5ad(f)
+    B = BackedCounts(f)
+    r = B.row_reader()
+    try:
+        pick = np.array([0, 5, 6, 7, 30, 59])
+        assert (B.take(pick, reader=r) != M[pick]).nnz == 0
+        r.close()  # a read after close starts a new process
+        assert (B.take(pick[::2].copy(), reader=r) != M[pick[::2]]).nnz == 0
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_raw_range_reads_equal_hdf5_across_chunks(tmp_path, pbmc_file, compression):
+    """Direct file reads of chunked data (ranges across chunk boundaries) equal HDF5's own;
+    compressed data is left to HDF5, and the helper process reads both kinds alike."""
+    import os
+
+    import h5py
+
+    from sctopic.data._rowreader import RawRanges, read_ranges
+
+    _, a = pbmc_file
+    X = sp.csr_matrix(a.X[:120], dtype=np.float32)
+    f = tmp_path / f"chunked_{compression}.h5ad"
+    with h5py.File(f, "w") as h:
+        g = h.create_group("X")
+        g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": X.shape})
+        kw = dict(chunks=(97,), compression=compression)  # rows straddle many chunk borders
+        g.create_dataset("data", data=X.data, **kw)
+        g.create_dataset("indices", data=X.indices, **kw)
+        g.create_dataset("indptr", data=X.indptr)
+    rng = np.random.default_rng(4)
+    with h5py.File(f, "r") as h:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            raw = RawRanges.open(fd, h["X/data"])
+            assert (raw is None) == (compression is not None)
+            if raw is not None:
+                lens = rng.integers(0, 300, 40)  # disjoint ranges, as CSR rows are
+                lens[::7] = 0
+                starts = np.cumsum(rng.integers(0, 200, 40)) + np.cumsum(lens) - lens
+                assert starts[-1] + lens[-1] <= X.nnz
+                np.testing.assert_array_equal(raw.read(starts, lens), read_ranges(h["X/data"], starts, lens))
+        finally:
+            os.close(fd)
+    B = BackedCounts(f)
+    r = B.row_reader()
+    try:
+        pick = np.sort(rng.choice(120, 50, replace=False))
+        assert (B.take(pick, reader=r) != X[pick]).nnz == 0
+    finally:
+        r.close()
+
+
+def test_row_reader_process_failure_is_a_clear_error(pbmc_file):
+    from sctopic.data._rowreader import RowReaderProcess
+
+    path, _ = pbmc_file
+    r = RowReaderProcess(path, "/no/such/matrix")
+    with pytest.raises(RuntimeError, match="row-reader process for /no/such/matrix in .* failed: .+"):
+        r.read(np.array([0, 1]))
+    assert r._proc is None
+
+
 def test_minibatches_cover_every_cell_once_and_rows_match(pbmc_file):
     path, a = pbmc_file
     X = sp.csr_matrix(a.X, dtype=np.float32)

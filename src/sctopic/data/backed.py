@@ -7,9 +7,11 @@ kinds of reads, both written here against h5py directly:
 * **contiguous row blocks** (one ``indptr`` lookup and two slice reads), for the anchor cells of
   every minibatch, for inference and for the statistics passes;
 * **scattered rows** (the mutual neighbours the Cross-view Encoder samples anywhere in the
-  data): one read of a union of hyperslabs with HDF5's chunk cache off, measured at 20-30
-  ms for 512 random rows of the 10^6-cell benchmark file, against 0.4-0.85 s with the default
-  1 MB chunk cache (which pulls a whole storage chunk per row).
+  data). Here they are read one union of hyperslabs per read with HDF5's chunk cache off
+  (20-30 ms for 512 random rows of the 10^6-cell benchmark file, against 0.4-0.85 s with the
+  default 1 MB chunk cache, which pulls a whole storage chunk per row). During training they
+  go through a helper process instead (:mod:`sctopic.data._rowreader`): in a thread, h5py's
+  many GIL hand-overs slowed both the read and the training loop several-fold.
 
 Randomness of out-of-core minibatches
 -------------------------------------
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +38,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from sctopic.data._rowreader import RowReaderProcess
+from sctopic.data._rowreader import read_ranges as _read_ranges
 from sctopic.data.validate import check_counts
 from sctopic.errors import InputError
 
@@ -138,11 +143,29 @@ class BackedCounts:
                 X = self._shared.read_rows(sel)
         return self._select_cols(X)
 
-    def take(self, idx: np.ndarray) -> sp.csr_matrix:
-        """Rows at increasing, unique positions ``idx`` (scattered reads)."""
+    def take(self, idx: np.ndarray, reader: RowReaderProcess | None = None) -> sp.csr_matrix:
+        """Rows at increasing, unique positions ``idx`` (scattered reads).
+
+        ``reader`` (from :meth:`row_reader`) reads them in a helper process instead of this
+        one (for reads running beside a busy training loop; see :mod:`sctopic.data._rowreader`).
+        """
         idx = np.asarray(idx, dtype=np.int64)
         rows = idx if self.rows is None else self.rows[idx]
-        return self._select_cols(self._shared.read_rows(rows))
+        if reader is not None and self._shared.kind == "csr" and len(rows):
+            lens, data, ind = reader.read(rows)
+            indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum(lens, out=indptr[1:])
+            X = sp.csr_matrix((data, ind, indptr), shape=(len(rows), self._shared.shape[1]))
+        else:
+            X = self._shared.read_rows(rows)
+        return self._select_cols(X)
+
+    def row_reader(self) -> RowReaderProcess | None:
+        """A helper process for :meth:`take` (CSR files only; None for a dense matrix)."""
+        if self._shared.kind != "csr":
+            return None
+        return RowReaderProcess(self.path, self._shared.key, self._shared.dtype,
+                                self._shared._indices.dtype)
 
     def iter_blocks(self, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[tuple[int, int, sp.csr_matrix]]:
         """``(i0, i1, block)`` over all rows in order."""
@@ -182,6 +205,7 @@ class _SharedFile:
 
     def __init__(self, path: Path, where: str, f: h5py.File, node):
         self.path, self.where, self._f, self._node = path, where, f, node
+        self.key = node.name
         self.lock = threading.Lock()
         if isinstance(node, h5py.Group):
             enc = node.attrs.get("encoding-type", "")
@@ -230,21 +254,6 @@ class _SharedFile:
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lens, out=indptr[1:])
         return sp.csr_matrix((data, ind, indptr), shape=(len(rows), self.shape[1]))
-
-
-def _read_ranges(dset: h5py.Dataset, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Concatenation of ``dset[s:s+l]`` for each range, in one HDF5 read."""
-    total = int(lens.sum())
-    out = np.empty(total, dtype=dset.dtype)
-    if total == 0:
-        return out
-    space = dset.id.get_space()
-    space.select_none()
-    for s, ln in zip(starts.tolist(), lens.tolist()):
-        if ln:
-            space.select_hyperslab((s,), (ln,), op=h5py.h5s.SELECT_OR)
-    dset.id.read(h5py.h5s.create_simple((total,)), space, out)
-    return out
 
 
 def _open(path: Path, layer: str | None) -> _SharedFile:
@@ -404,6 +413,11 @@ class BackedMinibatches:
         self._pool: sp.csr_matrix | None = None
         self._pool_ids: np.ndarray | None = None
         self._far_reader: ThreadPoolExecutor | None = None
+        # Scattered (neighbour) rows are read by a helper process, started at the first such
+        # read and ended when this object goes (see sctopic.data._rowreader for why).
+        self._row_reader = X.row_reader()
+        if self._row_reader is not None:
+            weakref.finalize(self, self._row_reader.close)
 
     def _read_pool(self, blocks: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
         ids, parts = [], []
@@ -458,7 +472,7 @@ class BackedMinibatches:
         far = np.unique(ids[~here])
 
         def assemble() -> torch.Tensor:
-            far_rows = self.X.take(far)
+            far_rows = self.X.take(far, reader=self._row_reader)
             if near is None:
                 X = far_rows[np.searchsorted(far, ids)]
             else:

@@ -1,0 +1,58 @@
+"""Profile one SCE2TM training step on CUDA (``gpu_run.sh profile``): where the 12 ms go.
+
+The step is ``bench_flops.make_step``'s (512 anchors + 512 neighbours of Kang 8 donors, the
+defaults); prints torch.profiler's top operators by device and host time, the number of
+host-device synchronisations per step, and the median step time with and without the
+profiler. Writes the full table to ``$OUT/profile_step.txt``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_flops as F  # noqa: E402
+
+import sctopic  # noqa: E402
+
+
+def main() -> int:
+    data = Path(os.environ.get("SCTOPIC_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = sctopic.SCE2TM(ad.read_h5ad(data / "kang2018_pbmc_ctrl_8donors.h5ad"), seed=0)
+    dev = "cuda"
+    m.module.to(dev)
+    mod, fwd_bwd, full_step, opt, kw = F.make_step(m, m._X, m.external_.matrix, 512, 0, "dense", device=dev)
+    step = F.time_fn(full_step, 30, warmup=5, stat="median", device=dev)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            full_step()
+        torch.cuda.synchronize()
+    ka = prof.key_averages()
+    by_dev = ka.table(sort_by="self_device_time_total", row_limit=20)
+    by_cpu = ka.table(sort_by="self_cpu_time_total", row_limit=25)
+    syncs = {e.key: e.count / 10 for e in ka
+             if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::item",
+                          "aten::_local_scalar_dense", "cudaMemcpyAsync", "cudaLaunchKernel",
+                          "cuLaunchKernel", "cudaLaunchKernelExC")}
+    dev_total = sum(e.self_device_time_total for e in ka) / 10 / 1e3
+    text = (f"median step {step * 1e3:.2f} ms; summed kernel time per step {dev_total:.2f} ms; "
+            f"per step counts {syncs}; sinkhorn iterations {getattr(mod.ecr, 'last_iterations', '?')}\n\n"
+            f"By device time:\n{by_dev}\n\nBy host time:\n{by_cpu}\n")
+    out = Path(os.environ.get("OUT", "/tmp"))
+    (out / "profile_step.txt").write_text(text)
+    print(text[:6000])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
