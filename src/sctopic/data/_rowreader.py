@@ -22,6 +22,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -240,16 +241,18 @@ class RowReaderProcess:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._fd, self._buf, self._size = -1, None, 0
+        self._err = None  # the child's stderr, a temporary file (a pipe nobody reads could fill)
 
     def _start(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
             self._close_shm()
             if hasattr(os, "memfd_create"):  # Linux: replies through shared memory
                 self._fd = os.memfd_create("sctopic-rows")
+            self._err = tempfile.TemporaryFile()
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, str(Path(__file__).resolve()), self.path, self.key,
                  str(self._fd)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
                 pass_fds=(self._fd,) if self._fd >= 0 else ())
         return self._proc
 
@@ -277,8 +280,8 @@ class RowReaderProcess:
         """``(lens, data, indices)`` of increasing file ``rows``."""
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         with self._lock:
-            proc = self._start()
             try:
+                proc = self._start()
                 send(proc.stdin, rows)
                 proc.stdin.flush()
                 return self._reply(proc)
@@ -291,13 +294,17 @@ class RowReaderProcess:
         proc, self._proc = self._proc, None
         if proc is None:
             return ""
-        err = ""
-        try:  # closes stdin (the child's loop ends) and collects what it wrote
-            _, err_b = proc.communicate(timeout=10)
-            err = err_b.decode(errors="replace") if err_b else ""
+        try:  # closes stdin: the child's loop ends
+            proc.communicate(timeout=10)
         except (subprocess.TimeoutExpired, ValueError, OSError):
             proc.kill()
             proc.wait()
+        err = ""
+        if self._err is not None:
+            self._err.seek(0)
+            err = self._err.read().decode(errors="replace")
+            self._err.close()
+            self._err = None
         self._close_shm()
         return err
 
