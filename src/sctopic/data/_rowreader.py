@@ -236,7 +236,7 @@ class RowReaderProcess:
     """
 
     def __init__(self, path: str | Path, key: str, data_dtype=np.float32, ind_dtype=np.int32):
-        self.path, self.key = str(path), key
+        self.path, self.key = str(Path(path).resolve()), key  # the child may not share our cwd
         self.dtypes = np.dtype(data_dtype), np.dtype(ind_dtype)
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
