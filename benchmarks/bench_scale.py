@@ -54,8 +54,7 @@ def worker(args) -> dict:
     torch.set_num_threads(args.threads)
     path = Path(args.path)
     children: dict[str, int] = {}
-    stop = threading.Event()
-    threading.Thread(target=_watch_children, args=(stop, children), daemon=True).start()
+    threading.Thread(target=_watch_children, args=(children,), daemon=True).start()
     t0 = time.perf_counter()
     Model = sctopic.SCE2TM if args.model == "sce2tm" else sctopic.SCETM
     kw = dict(n_topics=args.n_topics, n_top_genes=args.n_hvg, seed=0)
@@ -103,13 +102,13 @@ def worker(args) -> dict:
     }
 
 
-def _watch_children(stop: threading.Event, peaks: dict) -> None:
+def _watch_children(peaks: dict) -> None:
     """Peak RSS (VmHWM, KiB) of this process's child processes, sampled every 0.2 s.
 
     ``getrusage(RUSAGE_CHILDREN)`` is no use here: a child's high-water mark includes the
     parent's pages it shared between fork and exec."""
     me = os.getpid()
-    while not stop.is_set():
+    while True:
         try:
             tids = os.listdir(f"/proc/{me}/task")
         except OSError:
@@ -127,7 +126,7 @@ def _watch_children(stop: threading.Event, peaks: dict) -> None:
                                 peaks[k] = max(peaks.get(k, 0), int(line.split()[1]))
                 except OSError:
                     pass
-        stop.wait(0.2)
+        time.sleep(0.2)
 
 
 def run_one(path: Path, mode: str, args, epochs: int) -> dict:

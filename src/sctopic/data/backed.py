@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -414,10 +413,8 @@ class BackedMinibatches:
         self._pool_ids: np.ndarray | None = None
         self._far_reader: ThreadPoolExecutor | None = None
         # Scattered (neighbour) rows are read by a helper process, started at the first such
-        # read and ended when this object goes (see sctopic.data._rowreader for why).
+        # read and ended with the reader object (see sctopic.data._rowreader for why).
         self._row_reader = X.row_reader()
-        if self._row_reader is not None:
-            weakref.finalize(self, self._row_reader.close)
 
     def _read_pool(self, blocks: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
         ids, parts = [], []
