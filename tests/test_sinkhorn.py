@@ -117,5 +117,22 @@ def test_implicit_gradient_equals_unrolled_limit():
     assert float((g_implicit - ecr_plan(C, a, b)).abs().max()) > 1e-4
 
 
+def test_implicit_gradient_in_float32_matches_float64():
+    # The backward accumulates the K x K system in float64 and the K x V passes in the
+    # input's precision; from float32 inputs it must agree with an all-float64 solve.
+    g = torch.Generator().manual_seed(3)
+    t = torch.nn.functional.normalize(torch.randn(60, 16, generator=g), dim=1)
+    x = torch.nn.functional.normalize(torch.randn(1500, 16, generator=g), dim=1)
+    C = torch.cdist(t, x) ** 2
+    C32, C64 = C.clone().requires_grad_(True), C.double().requires_grad_(True)
+    (g32,) = torch.autograd.grad(ECR(60, 1500, tol=1e-5)(C32), C32)
+    (g64,) = torch.autograd.grad(ECR(60, 1500, tol=1e-5).double()(C64), C64)
+    assert g32.dtype == torch.float32
+    assert float((g32.double() - g64).norm() / g64.norm()) < 1e-4
+    # ... and differ from the envelope gradient (the plan) by far more than that.
+    assert float((g64 - ecr_plan(C.double(), torch.full((60,), 1 / 60, dtype=torch.float64),
+                                 torch.full((1500,), 1 / 1500, dtype=torch.float64))).norm() / g64.norm()) > 1e-2
+
+
 def ecr_plan(C, a, b):
     return torch.as_tensor(_pot_log(C, a, b, 0.05))

@@ -5,13 +5,73 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sctopic.nn.likelihood import linear_multinomial_nll, multinomial_nll
 from sctopic.nn.precision import full_precision, to_full
+
+
+def fold_batch_norm(bn: nn.BatchNorm1d, theta: torch.Tensor, beta: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W, c)`` with ``theta @ W + c == bn(theta @ beta)``, updating ``bn``'s running
+    statistics exactly as its own forward pass would.
+
+    Batch norm of a product is affine in it: per gene ``j``, ``(s_j - m_j) * a_j + b_j`` with
+    ``s = theta @ beta``. The batch moments of ``s`` follow from those of ``theta`` without
+    forming ``s``: ``m = mean(theta) @ beta`` and ``var_j = beta_j' Cov(theta) beta_j`` (a
+    K x K x V product instead of passes over the B x V matrix), and the scale folds into the
+    topic-gene matrix. Autograd differentiates through the moments, so gradients are those of
+    training-mode batch norm.
+
+    Parameters
+    ----------
+    bn
+        A :class:`torch.nn.BatchNorm1d` over the ``V`` columns (training or eval mode).
+    theta
+        ``(B, K)``, ``B >= 2`` in training mode.
+    beta
+        ``(K, V)``.
+    """
+    with full_precision(theta):
+        batch_stats = bn.training or bn.running_mean is None
+        if batch_stats:
+            n = theta.shape[0]
+            if n < 2:
+                raise ValueError("batch norm in training mode needs at least 2 cells per minibatch")
+            centre = theta.mean(0)
+            dev = theta - centre
+            cov = (dev.T @ dev) / n
+            mean = centre @ beta
+            var = ((cov @ beta) * beta).sum(0).clamp_min(0.0)  # biased, as batch norm uses
+            if bn.training and bn.track_running_stats and bn.running_mean is not None:
+                with torch.no_grad():
+                    bn.num_batches_tracked.add_(1)
+                    f = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                    bn.running_mean.mul_(1.0 - f).add_(mean.detach(), alpha=f)
+                    bn.running_var.mul_(1.0 - f).add_(var.detach() * (n / (n - 1)), alpha=f)
+        else:
+            mean, var = bn.running_mean, bn.running_var
+        scale = torch.rsqrt(var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        return beta * scale, shift
+
+
+def with_intercepts(theta: torch.Tensor, weight: torch.Tensor, intercept: torch.Tensor | None,
+                    batch: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(theta | onehot(batch)) , (weight ; intercept)``: per-batch gene intercepts as extra
+    rows of a product, so ``theta @ weight + intercept[batch]`` is one matmul."""
+    if intercept is None or batch is None:
+        return theta, weight
+    onehot = F.one_hot(batch, intercept.shape[0]).to(theta.dtype)
+    return torch.cat([theta, onehot], 1), torch.cat([weight, intercept.to(weight.dtype)], 0)
 
 
 def pairwise_sq_dist(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``(K, V)`` squared Euclidean distances between rows of ``t`` (K x L) and ``g`` (V x L)."""
-    d = (t * t).sum(1, keepdim=True) + (g * g).sum(1)[None, :] - 2.0 * (t @ g.T)
-    return d.clamp_min(0.0)
+    # One addmm over the broadcast norms and an in-place clamp: two K x V passes, not five.
+    return torch.addmm((t * t).sum(1, keepdim=True) + (g * g).sum(1), t, g.T, alpha=-2.0).clamp_min_(0.0)
 
 
 class EmbeddedTopicDecoder(nn.Module):
@@ -57,7 +117,7 @@ class EmbeddedTopicDecoder(nn.Module):
         """``(K, V)`` topic-gene matrix; columns sum to 1."""
         if cost is None:
             cost = self.cost()
-        return torch.softmax(-cost / self.tau, dim=0)
+        return torch.softmax(cost * (-1.0 / self.tau), dim=0)
 
     def logits(self, theta: torch.Tensor, beta: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised log expression ``BN(theta beta) + lambda_batch``, ``(B, V)``."""
@@ -69,6 +129,21 @@ class EmbeddedTopicDecoder(nn.Module):
     def forward(self, theta: torch.Tensor, beta: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
         """Log expression proportions ``(B, V)`` for cell-topic proportions ``theta``."""
         return torch.log_softmax(self.logits(theta, beta, batch), dim=-1)
+
+    def nll(self, x: torch.Tensor, theta: torch.Tensor, beta: torch.Tensor,
+            batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-cell multinomial NLL of counts ``x`` under :meth:`logits`, ``(B,)``.
+
+        Batch norm is folded into the product (:func:`fold_batch_norm`) and the likelihood
+        fused (:func:`~sctopic.nn.likelihood.linear_multinomial_nll`), which equals
+        ``multinomial_nll(x, self.logits(theta, beta, batch))`` at a fraction of the memory
+        traffic. ``SyncBatchNorm`` (multi-GPU training) takes the plain path.
+        """
+        if isinstance(self.bn, nn.SyncBatchNorm):
+            return multinomial_nll(x, self.logits(theta, beta, batch))
+        weight, shift = fold_batch_norm(self.bn, theta, beta)
+        theta, weight = with_intercepts(theta, weight, self.batch_intercept, batch)
+        return linear_multinomial_nll(x, theta, weight, shift)
 
 
 class LinearTopicDecoder(nn.Module):
@@ -124,3 +199,10 @@ class LinearTopicDecoder(nn.Module):
         if self.batch_intercept is not None and batch is not None:
             logits = logits + self.batch_intercept.index_select(0, batch)
         return logits
+
+    def nll(self, x: torch.Tensor, theta: torch.Tensor, beta: torch.Tensor,
+            batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-cell multinomial NLL of counts ``x`` under :meth:`logits`, ``(B,)``, fused
+        (see :func:`~sctopic.nn.likelihood.linear_multinomial_nll`)."""
+        theta, weight = with_intercepts(theta, beta, self.batch_intercept, batch)
+        return linear_multinomial_nll(x, theta, weight)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from sctopic.nn.precision import full_precision, to_full
+from sctopic.nn.sparse import sparse_linear
 
 
 class TopicEncoder(nn.Module):
@@ -46,7 +47,7 @@ class TopicEncoder(nn.Module):
             # Sparse x dense product: O(non-zeros x hidden), also in the weight gradient;
             # float32 (sparse kernels have no bf16 path, and they are memory-bound anyway).
             with full_precision(x):
-                h0 = x @ first.weight.T + first.bias
+                h0 = sparse_linear(x, first.weight, first.bias)
             h = self.mlp[1:](h0)
         else:
             h = self.mlp(x)
@@ -113,7 +114,7 @@ class NormalEncoder(nn.Module):
         """Return ``(mu, logsigma)``, each ``(B, K)``; ``x`` may be a sparse CSR tensor."""
         if x.layout == torch.sparse_csr:
             with full_precision(x):  # O(non-zeros x hidden), float32 (see TopicEncoder)
-                h = x @ self.first.weight.T + self.first.bias
+                h = sparse_linear(x, self.first.weight, self.first.bias)
         else:
             h = self.first(x)
         h = self.rest(h)

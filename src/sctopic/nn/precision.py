@@ -64,3 +64,18 @@ def full_precision(x: torch.Tensor):
 def to_full(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32 if autocast left it in a 16-bit type; float32/float64 pass unchanged."""
     return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast gives matmuls on ``device`` now, or ``None`` when it is off."""
+    kind = device.type
+    try:
+        on = torch.is_autocast_enabled(kind)
+    except TypeError:  # pragma: no cover - torch < 2.4 has no per-device query
+        on = torch.is_autocast_cpu_enabled() if kind == "cpu" else torch.is_autocast_enabled()
+    if not on:
+        return None
+    try:
+        return torch.get_autocast_dtype(kind)
+    except AttributeError:  # pragma: no cover - torch < 2.4
+        return torch.get_autocast_cpu_dtype() if kind == "cpu" else torch.get_autocast_gpu_dtype()

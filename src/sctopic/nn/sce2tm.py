@@ -29,21 +29,6 @@ def transform_input(x: torch.Tensor, how: str) -> torch.Tensor:
     return torch.log1p(x * (1e4 / lib)[:, None])
 
 
-def multinomial_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """``-sum_g x_g log softmax(logits)_g`` per cell, for dense or sparse CSR counts ``x``.
-
-    Written as ``n_i * logsumexp(logits_i) - sum_g x_g logits_g`` so that the second term
-    touches only the non-zero counts.
-    """
-    lse = torch.logsumexp(logits, dim=1)
-    if x.layout == torch.sparse_csr:
-        rows = csr_row_ids(x)
-        picked = logits[rows, x.col_indices()] * x.values()
-        dot = torch.zeros(x.shape[0], dtype=logits.dtype, device=logits.device).index_add_(0, rows, picked)
-        return row_sums(x) * lse - dot
-    return x.sum(dim=1) * lse - (x * logits).sum(dim=1)
-
-
 class SCE2TMModule(nn.Module):
     """scE2TM network and losses.
 
@@ -170,8 +155,7 @@ class SCE2TMModule(nn.Module):
 
         cost = self.decoder.cost()
         beta = self.decoder.beta(cost)
-        logits = self.decoder.logits(theta, beta, batch)
-        recon = multinomial_nll(x_anchor, logits).mean()
+        recon = self.decoder.nll(x_anchor, theta, beta, batch).mean()
         out = {"reconstruction": recon, "kl": kl}
         loss = recon + kl
         if ecr_weight > 0:

@@ -11,7 +11,6 @@ from torch.func import functional_call
 
 from sctopic.nn.decoder import LinearTopicDecoder
 from sctopic.nn.encoder import BatchDiscriminator, NormalEncoder
-from sctopic.nn.sce2tm import multinomial_nll
 from sctopic.nn.sparse import csr_row_ids, csr_tensor, row_sums
 
 
@@ -112,8 +111,7 @@ class SCETMModule(nn.Module):
         delta = mu + torch.randn_like(mu) * torch.exp(logsigma) if self.training else mu
         theta = torch.softmax(delta, dim=1)
         beta = self.decoder.beta()
-        logits = self.decoder.logits(theta, beta, batch)
-        recon = multinomial_nll(xn if self.normed_loss else x, logits).mean()
+        recon = self.decoder.nll(xn if self.normed_loss else x, theta, beta, batch).mean()
         kl = kl_standard_normal(mu, logsigma).mean()
         loss = recon + kl_weight * kl
         out = {"reconstruction": recon, "kl": kl}

@@ -44,3 +44,71 @@ def csr_head(x: torch.Tensor, n: int) -> torch.Tensor:
     end = int(crow[-1])
     return csr_tensor(crow, x.col_indices()[:end], x.values()[:end], (n, x.shape[1]))
 
+
+
+def csr_transpose(x: torch.Tensor) -> torch.Tensor:
+    """The transpose of a 2-D sparse CSR tensor, itself in CSR layout.
+
+    On the CPU this goes through scipy's O(non-zeros) counting transpose on views of the
+    tensor's arrays: 1.0 ms for a 1024 x 5000 batch with 355k entries, against 7.5 ms for
+    torch's sort-based ``x.t().to_sparse_csr()`` on 2 cores. Elsewhere torch's own is used.
+    """
+    if x.device.type != "cpu" or x.values().dtype not in (torch.float32, torch.float64):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_BETA_WARNING)
+            return x.t().to_sparse_csr()
+    import scipy.sparse as sp
+
+    crow, col, val = (t.numpy() for t in (x.crow_indices(), x.col_indices(), x.values()))
+    m = sp.csr_matrix((val, col, crow), shape=tuple(x.shape)).T.tocsr()
+    ind = torch.from_numpy(m.indices)
+    ptr = torch.from_numpy(m.indptr.astype(m.indices.dtype, copy=False))
+    return csr_tensor(ptr, ind, torch.from_numpy(m.data), (x.shape[1], x.shape[0]))
+
+
+class _SparseLinear(torch.autograd.Function):
+    """``x @ weight.T + bias`` for a sparse CSR ``x`` that needs no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        # csr @ (contiguous V x H) is twice as fast as csr @ weight.T (a strided view), and
+        # mm + add_ beats addmm's broadcast bias with a sparse operand (5.2 vs 8.7 ms).
+        out = torch.mm(x, weight.t().contiguous())
+        if bias is not None:
+            out.add_(bias)
+        ctx.x = x
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.needs_input_grad[0]:
+            raise RuntimeError("sparse_linear does not differentiate with respect to its sparse input")
+        x = ctx.x
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            # x.T @ grad with x.T built once in CSR: the autograd path of torch.mm transposes
+            # the batch by sorting its entries, which took most of the layer's backward.
+            grad_w = torch.mm(csr_transpose(x), grad.contiguous()).t().contiguous()
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        return None, grad_w, grad_b
+
+
+def sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` for a sparse CSR ``x`` (``(B, V)``), dense ``(B, H)`` out.
+
+    Forward and weight gradient both cost O(non-zeros x H); ``x`` itself gets no gradient
+    (it holds counts). Runs in the dtype of ``weight`` (call it outside autocast).
+
+    Parameters
+    ----------
+    x
+        ``(B, V)`` sparse CSR tensor.
+    weight
+        ``(H, V)`` weight, as in :class:`torch.nn.Linear`.
+    bias
+        ``(H,)`` bias or ``None``.
+    """
+    if x.layout != torch.sparse_csr:
+        raise ValueError(f"sparse_linear needs a sparse CSR input, got layout {x.layout}")
+    return _SparseLinear.apply(x, weight, bias)
