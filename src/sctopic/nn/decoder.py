@@ -64,7 +64,7 @@ def with_intercepts(theta: torch.Tensor, weight: torch.Tensor, intercept: torch.
     rows of a product, so ``theta @ weight + intercept[batch]`` is one matmul."""
     if intercept is None or batch is None:
         return theta, weight
-    onehot = F.one_hot(batch, intercept.shape[0]).to(theta.dtype)
+    onehot = F.one_hot(batch.long(), intercept.shape[0]).to(theta.dtype)
     return torch.cat([theta, onehot], 1), torch.cat([weight, intercept.to(weight.dtype)], 0)
 
 

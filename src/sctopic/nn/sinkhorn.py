@@ -20,6 +20,7 @@ each) with cost ``C_km = ||t_k - g_m||^2`` and entropic regularisation ``epsilon
 """
 from __future__ import annotations
 
+import math
 
 import torch
 from torch import nn
@@ -111,21 +112,30 @@ def sinkhorn_stabilized(
         Kt = _kernel(C, f, g, eps)
         u = torch.ones_like(a)
         v = torch.ones_like(b)
-        absorb = False
-        while it < max_iter:
-            if (it % check_every) == 0:
-                err = float((u * (Kt @ v) - a).abs().sum())
-                if err < tol:
+        absorb = bad = False
+        while True:
+            if it % check_every == 0 or it >= max_iter:
+                # One host synchronisation per check (on a GPU each one stalls the queue):
+                # the marginal error and the scalings' range travel together. Between checks
+                # the scalings may leave [1/absorb_at, absorb_at]; that is only a loss of
+                # stabilisation, and a non-finite value is caught here and recovered below.
+                err_t = (u * (Kt @ v) - a).abs().sum()
+                ext_t = torch.stack([u.max(), v.max(), 1.0 / u.min(), 1.0 / v.min()]).max()
+                err, ext = torch.stack([err_t, ext_t]).tolist()
+                if not (math.isfinite(ext) and math.isfinite(err)):
+                    bad = True
+                    break
+                if ext > absorb_at:
+                    absorb = True
+                    break
+                if err < tol or it >= max_iter:
                     break
             u = a / (Kt @ v)
             v = b / (Kt.T @ u)
             it += 1
-            ext = torch.stack([u.max(), v.max(), 1.0 / u.min(), 1.0 / v.min()]).max()
-            if not bool(torch.isfinite(ext)) or float(ext) > absorb_at:
-                absorb = True
-                break
-        if absorb and not bool(torch.isfinite(u).all() and torch.isfinite(v).all()):
-            # Should not happen with clamped kernels; recover with exact log updates.
+        if bad:
+            # A scaling over- or underflowed (rare with clamped kernels): drop this round's
+            # scalings and recover from the last potentials with an exact log-domain update.
             f, g = _log_updates(C, log_a, log_b, f, g, eps)
             it += 1
             continue
