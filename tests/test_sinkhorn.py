@@ -118,8 +118,9 @@ def test_implicit_gradient_equals_unrolled_limit():
 
 
 def test_implicit_gradient_in_float32_matches_float64():
-    # The backward accumulates the K x K system in float64 and the K x V passes in the
-    # input's precision; from float32 inputs it must agree with an all-float64 solve.
+    # The backward solves the ill-conditioned K x K system in float64 and makes its K x V
+    # passes in the input's precision; from float32 inputs (the training dtype) it must agree
+    # with an all-float64 solve.
     g = torch.Generator().manual_seed(3)
     t = torch.nn.functional.normalize(torch.randn(60, 16, generator=g), dim=1)
     x = torch.nn.functional.normalize(torch.randn(1500, 16, generator=g), dim=1)
