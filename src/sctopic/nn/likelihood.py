@@ -5,8 +5,10 @@ them itself from ``theta @ weight + bias`` and keeps only what its backward pass
 ``(B, V)`` logits are the largest tensors of a training step (512 x 5000 floats); through
 plain autograd they are written and read by a matmul, a logsumexp (max, subtract, exp, sum),
 a gather and their backward (a zero fill, a scatter, an exp, a multiply and an add), each a
-fresh 10 MB array whose first touch costs page faults. The fused form does it in place:
-measured on pbmc3k (512 x 5000 genes, K = 100, 2 cores), see ``benchmarks/results``.
+fresh 10 MB array whose first touch costs page faults. The fused form does it in place;
+with batch norm folded in (:func:`sctopic.nn.decoder.fold_batch_norm`) the reconstruction
+term of a pbmc3k step (512 x 5000 genes, K = 100, 2 cores) ran 1.3-1.6x faster than through
+autograd (``benchmarks/results/step_parts_pbmc3k.md``).
 """
 from __future__ import annotations
 
@@ -99,8 +101,8 @@ def linear_multinomial_nll(x: torch.Tensor, theta: torch.Tensor, weight: torch.T
     """``-sum_g x_g log softmax(theta @ weight + bias)_g`` per cell, without autograd's
     copies of the ``(B, V)`` logits.
 
-    Equal to ``multinomial_nll(x, theta @ weight + bias)`` (checked in the tests), in about a
-    third of the memory traffic. Under autocast the two matmuls (forward and backward) run in
+    Equal to ``multinomial_nll(x, theta @ weight + bias)`` (checked in the tests), with one
+    ``(B, V)`` buffer instead of about eight. Under autocast the two matmuls (forward and backward) run in
     autocast's dtype, as autograd would run them; the softmax and the loss stay in
     ``theta``'s dtype. Its backward may run once per forward.
 
