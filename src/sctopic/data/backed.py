@@ -152,9 +152,7 @@ class BackedCounts:
         rows = idx if self.rows is None else self.rows[idx]
         if reader is not None and self._shared.kind == "csr" and len(rows):
             lens, data, ind = reader.read(rows)
-            indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-            np.cumsum(lens, out=indptr[1:])
-            X = sp.csr_matrix((data, ind, indptr), shape=(len(rows), self._shared.shape[1]))
+            X = _csr_from_lengths(lens, data, ind, self._shared.shape[1])
         else:
             X = self._shared.read_rows(rows)
         return self._select_cols(X)
@@ -250,9 +248,14 @@ class _SharedFile:
             lens = ends - starts
             data = _read_ranges(self._data, starts, lens)
             ind = _read_ranges(self._indices, starts, lens)
-        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lens, out=indptr[1:])
-        return sp.csr_matrix((data, ind, indptr), shape=(len(rows), self.shape[1]))
+        return _csr_from_lengths(lens, data, ind, self.shape[1])
+
+
+def _csr_from_lengths(lens: np.ndarray, data: np.ndarray, ind: np.ndarray, n_cols: int) -> sp.csr_matrix:
+    """CSR rows from their stored-entry counts and the concatenated entries."""
+    indptr = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=indptr[1:])
+    return sp.csr_matrix((data, ind, indptr), shape=(len(lens), n_cols))
 
 
 def _open(path: Path, layer: str | None) -> _SharedFile:
