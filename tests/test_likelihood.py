@@ -11,7 +11,7 @@ from torch import nn
 
 from sctopic.nn.decoder import EmbeddedTopicDecoder, LinearTopicDecoder, fold_batch_norm
 from sctopic.nn.likelihood import linear_multinomial_nll, multinomial_nll
-from sctopic.nn.sparse import csr_transpose, dense_to_csr, sparse_linear
+from sctopic.nn.sparse import column_major_, csr_transpose, dense_to_csr, sparse_linear
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -184,3 +184,29 @@ def test_csr_transpose_and_sparse_linear(index_dtype):
     assert sparse_linear(xs, w).shape == (30, 8)
     with pytest.raises(ValueError, match="sparse CSR input"):
         sparse_linear(x, w, b)
+
+
+def test_column_major_weight_keeps_values_and_takes_gradients_in_its_layout():
+    torch.manual_seed(5)
+    lin = torch.nn.Linear(40, 8)
+    before = lin.weight.detach().clone()
+    column_major_(lin)
+    w = lin.weight
+    assert w.shape == (8, 40) and w.stride() == (1, 8) and w.requires_grad
+    torch.testing.assert_close(w.detach(), before, rtol=0, atol=0)
+    x = _counts(30, 40, 10, dtype=torch.float32)
+    u = torch.randn(30, 8)
+    # sparse: the gradient arrives already column-major (no transposing copy) and equals
+    # plain autograd on the dense product with a row-major copy of the weight
+    (sparse_linear(dense_to_csr(x), w, lin.bias) * u).sum().backward()
+    assert w.grad.stride() == (1, 8)
+    ref_w = before.clone().requires_grad_()
+    ((x @ ref_w.T + lin.bias.detach()) * u).sum().backward()
+    torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-5, atol=1e-4)
+    # dense forward reads the layout as it is
+    torch.testing.assert_close(lin(x), x @ before.T + lin.bias, rtol=1e-5, atol=1e-4)
+    # a row-major state_dict (an older checkpoint) loads into it, the layout stays
+    old = torch.nn.Linear(40, 8)
+    lin.load_state_dict(old.state_dict())
+    assert lin.weight.stride() == (1, 8)
+    torch.testing.assert_close(lin.weight.detach(), old.weight.detach(), rtol=0, atol=0)

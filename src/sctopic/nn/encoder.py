@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from sctopic.nn.precision import full_precision, to_full
-from sctopic.nn.sparse import sparse_linear
+from sctopic.nn.sparse import column_major_, sparse_linear
 
 
 class TopicEncoder(nn.Module):
@@ -29,7 +29,7 @@ class TopicEncoder(nn.Module):
     def __init__(self, n_input: int, n_topics: int, n_hidden: int = 200, dropout: float = 0.0):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(n_input, n_hidden),
+            column_major_(nn.Linear(n_input, n_hidden)),  # sparse_linear's layout
             nn.BatchNorm1d(n_hidden),
             nn.Tanh(),
             nn.Linear(n_hidden, n_hidden),
@@ -105,7 +105,7 @@ class NormalEncoder(nn.Module):
 
     def __init__(self, n_input: int, n_topics: int, n_hidden: int = 128, dropout: float = 0.1):
         super().__init__()
-        self.first = nn.Linear(n_input, n_hidden)
+        self.first = column_major_(nn.Linear(n_input, n_hidden))  # sparse_linear's layout
         self.rest = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(n_hidden), nn.Dropout(dropout))
         self.mu = nn.Linear(n_hidden, n_topics)
         self.logsigma = nn.Linear(n_hidden, n_topics)
