@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from sctopic.nn.precision import autocast_dtype
-from sctopic.nn.sparse import csr_row_ids, row_sums
+from sctopic.nn.sparse import csr_row_ids, csr_row_sums, row_sums
 
 
 def multinomial_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -28,8 +28,7 @@ def multinomial_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     if x.layout == torch.sparse_csr:
         rows = csr_row_ids(x)
         picked = logits[rows, x.col_indices()] * x.values()
-        dot = torch.zeros(x.shape[0], dtype=logits.dtype, device=logits.device).index_add_(0, rows, picked)
-        return row_sums(x) * lse - dot
+        return row_sums(x) * lse - csr_row_sums(x, picked)
     return x.sum(dim=1) * lse - (x * logits).sum(dim=1)
 
 
@@ -54,9 +53,8 @@ class _LinearMultinomialNLL(torch.autograd.Function):
             if x.layout == torch.sparse_csr:
                 rows, vals = csr_row_ids(x), x.values().to(logits.dtype)
                 flat = rows * V + x.col_indices()
-                dot = torch.zeros(B, dtype=logits.dtype, device=logits.device)
-                dot.index_add_(0, rows, logits.view(-1).index_select(0, flat) * vals)
-                n = torch.zeros_like(dot).index_add_(0, rows, vals)
+                dot = csr_row_sums(x, logits.view(-1).index_select(0, flat) * vals)
+                n = csr_row_sums(x, vals)
                 ctx.sparse = (rows, flat, vals)
             else:
                 xd = x.to(logits.dtype)

@@ -30,11 +30,25 @@ def csr_row_ids(x: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(x.shape[0], device=crow.device), crow[1:] - crow[:-1])
 
 
+def csr_row_sums(x: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row sums ``(B,)`` of a sparse CSR tensor, or of other ``values`` on its entries.
+
+    A sparse matrix-vector product with ones: each row is summed by one thread, in order
+    (deterministic), 0.06 ms for 177k entries in 512 rows against 0.53 ms for ``index_add_``,
+    which serialises on the repeated row ids (2 cores).
+    """
+    vals = x.values() if values is None else values
+    if vals.dtype not in (torch.float32, torch.float64):  # no sparse mv kernel for these
+        out = torch.zeros(x.shape[0], dtype=vals.dtype, device=vals.device)
+        return out.index_add_(0, csr_row_ids(x), vals)
+    m = x if values is None else csr_tensor(x.crow_indices(), x.col_indices(), vals, x.shape)
+    return torch.mv(m, torch.ones(x.shape[1], dtype=vals.dtype, device=vals.device))
+
+
 def row_sums(x: torch.Tensor) -> torch.Tensor:
     """Per-row sums ``(B,)`` of a dense or sparse CSR tensor."""
     if x.layout == torch.sparse_csr:
-        out = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        return out.index_add_(0, csr_row_ids(x), x.values())
+        return csr_row_sums(x)
     return x.sum(dim=1)
 
 
