@@ -112,6 +112,8 @@ def _matmul_flops(name: str, args) -> tuple[int, tuple]:
         a, b = args[1], args[2]
     elif name == "mv":
         a, b = args[0], args[1]
+        if _is_sparse(a):  # CSR row sums (sctopic.nn.sparse.csr_row_sums)
+            return 2 * int(a._nnz()), ("spmv", tuple(a.shape), int(a._nnz()))
         return 2 * a.shape[0] * a.shape[1], ("mv", tuple(a.shape), tuple(a.stride()), tuple(b.shape))
     elif name == "addmv":
         a, b = args[1], args[2]
@@ -235,6 +237,18 @@ def matmul_rates(matmuls: dict, repeats: int = 10, device="cpu") -> list[dict]:
                          "shapes": [list(sa), list(sb)], "nnz": nnz, "calls": calls,
                          "flops": int(flops), "seconds_per_call": t,
                          "gflops_per_s": per_call / t / 1e9})
+            continue
+        elif kind == "spmv":
+            _, sa, nnz = key
+            gen = torch.Generator().manual_seed(0)
+            flat = torch.randperm(sa[0] * sa[1], generator=gen)[:nnz].sort().values
+            spm = torch.sparse_coo_tensor(torch.stack([flat // sa[1], flat % sa[1]]), torch.rand(nnz),
+                                          sa).coalesce().to_sparse_csr().to(dev)
+            ones = torch.ones(sa[1], device=dev)
+            t = time_fn(lambda a=spm, b=ones: torch.mv(a, b), repeats, device=dev)
+            rows.append({"op": "spmv (sparse x vector)", "shapes": [list(sa), [sa[1]]], "nnz": nnz,
+                         "calls": calls, "flops": int(flops), "seconds_per_call": t,
+                         "gflops_per_s": flops / calls / t / 1e9})
             continue
         elif kind == "mv":
             _, sa, st_a, sb = key
