@@ -192,6 +192,11 @@ def serve(path: str, key: str, shm_fd: int = -1) -> int:
         fd = os.open(path, os.O_RDONLY)
         if hasattr(os, "posix_fadvise"):  # scattered rows: no read-ahead of unwanted pages
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        # 4 reads in flight. 16 made a lone read from storage faster (20 vs 30 ms for 512 rows
+        # at 10^6 cells, benchmarks/results/row_reads_kang_1000000.md) but backed training
+        # slower on 2 cores (90 and 100 vs 73 and 73 s per epoch, alternating runs): the extra
+        # kernel work competes with the training threads. 2 threads: 74 s, within the spread.
+        # (benchmarks/results/row_reader_threads_ab.md)
         raw_d, raw_i = RawRanges.open(fd, data), RawRanges.open(fd, indices)
         read_d = raw_d.read if raw_d is not None else (lambda s, ln, o=None: read_ranges(data, s, ln, o))
         read_i = raw_i.read if raw_i is not None else (lambda s, ln, o=None: read_ranges(indices, s, ln, o))
