@@ -270,6 +270,26 @@ def test_resolve_ahead_keeps_items_and_order():
     assert calls == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_resolve_ahead_holds_depth_items_back(depth):
+    from sctopic.data.loader import resolve_ahead
+
+    generated = []
+
+    def items():
+        for i in range(6):
+            generated.append(i)
+            yield i, {"x": (lambda i=i: i * 10)}
+
+    for n, b in resolve_ahead(items(), depth=depth):
+        assert b["x"] == n * 10
+        # when step n trains, the items of steps n+1..n+depth have been generated (their
+        # reads started), and no more
+        assert len(generated) == min(n + depth + 1, 6)
+    with pytest.raises(ValueError, match="depth"):
+        list(resolve_ahead(items(), depth=0))
+
+
 @pytest.mark.parametrize("cls", ["SCETM", "SCE2TM"])
 def test_backed_resume_is_bit_identical(cls, pbmc_file, tmp_path, monkeypatch):
     import sctopic

@@ -9,6 +9,7 @@ Two storages give the same rows:
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
@@ -162,21 +163,24 @@ def sample_neighbours(
     return neighbours[idx, col]
 
 
-def resolve_ahead(items):
-    """Yield ``(n, batch)`` items one step late, calling any callable value of ``batch`` then.
+def resolve_ahead(items, depth: int = 1):
+    """Yield ``(n, batch)`` items ``depth`` steps late, calling any callable value of ``batch`` then.
 
     A batch value may be a zero-argument callable (a read started in a background thread,
-    e.g. :meth:`sctopic.data.backed.BackedMinibatches.fetch`): holding one item back lets the
-    read of step t+1 overlap the training step t. The items, their order and every random draw
-    are the same as without look-ahead.
+    e.g. :meth:`sctopic.data.backed.BackedMinibatches.fetch`): holding ``depth`` items back
+    lets the reads of steps t+1..t+depth run while step t trains, so one slow read does not
+    stall the loop. The items, their order and every random draw are the same as without
+    look-ahead.
     """
-    pending = None
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    pending: deque = deque()
     for item in items:
-        if pending is not None:
-            yield _resolved(pending)
-        pending = item
-    if pending is not None:
-        yield _resolved(pending)
+        if len(pending) == depth:
+            yield _resolved(pending.popleft())
+        pending.append(item)
+    while pending:
+        yield _resolved(pending.popleft())
 
 
 def _resolved(item):

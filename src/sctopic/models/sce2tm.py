@@ -324,8 +324,9 @@ class SCE2TM(BaseTopicModel):
                 yield idx.shape[0], batch
 
         def epoch_batches(epoch: int):
-            # Out of core, the neighbours' rows of step t+1 are read while step t trains.
-            return resolve_ahead(planned_batches())
+            # Out of core, the neighbours' rows of steps t+1 and t+2 are read while step t
+            # trains (in memory the look-ahead only holds two minibatches).
+            return resolve_ahead(planned_batches(), depth=2)
 
         ecr = self.module.ecr
         extra = (lambda: {"sinkhorn_iterations": float(ecr.last_iterations)}) if k["ecr_weight"] > 0 else None
