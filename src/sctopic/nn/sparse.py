@@ -88,11 +88,12 @@ class _SparseLinear(torch.autograd.Function):
         # csr @ (contiguous V x H) is twice as fast as csr @ weight.T (a strided view), and
         # mm + add_ beats addmm's broadcast bias with a sparse operand (5.2 vs 8.7 ms).
         # A column-major weight (see :func:`column_major_`) needs no copy here.
-        out = torch.mm(x, weight.t().contiguous())
+        w_t = weight.t()
+        ctx.column_major = w_t.is_contiguous()
+        out = torch.mm(x, w_t if ctx.column_major else w_t.contiguous())
         if bias is not None:
             out.add_(bias)
         ctx.x = x
-        ctx.column_major = weight.t().is_contiguous()
         return out
 
     @staticmethod
