@@ -9,12 +9,18 @@ in two conditions on the same rows:
 * ``cold``: random rows after ``POSIX_FADV_DONTNEED`` has evicted the file's pages from the
   page cache: the storage read, as at 10^6 cells during training on this VM;
 * ``hot``: the same rows read again at once, so their pages are cached: what the read costs
-  when the file stays in memory.
+  when the file stays in memory;
+* ``direct``: other fresh rows, read as the row reader now does where it can
+  (:class:`sctopic.data._rowreader.DirectRanges`: ``O_DIRECT``, all ranges of data and
+  indices in one native-AIO submission), which never touches the page cache.
 
 Per read: wall time, user and system CPU time of this process (``getrusage``; the reading
-threads' time included), bytes requested and distinct 4 KiB pages touched. The gap between
-cold and hot system time is the kernel's work to fetch pages from storage; at 10^6 cells that
-CPU time is spent on the same 2 cores as the training step.
+threads' time included), the whole machine's busy CPU time (``/proc/stat``: user, system,
+interrupts; completions of asynchronous I/O are handled in interrupt context, which
+``getrusage`` may not charge to the reader), bytes requested and distinct 4 KiB pages
+touched. The gap between cold and hot system time is the kernel's work to fetch pages from
+storage; at 10^6 cells that CPU time is spent on the same 2 cores as the training step. Run
+it alone: the machine-wide figures count every process.
 
 Also records whether DAMON-based proactive reclaim is running (``/sys/kernel/mm/damon``):
 on this VM it evicts the scaled file's pages between epochs.
@@ -57,6 +63,15 @@ def _cpu() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
+def _machine_cpu() -> float:
+    """Busy CPU seconds of the whole machine so far (user, nice, system, irq, softirq)."""
+    try:
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+
+
 def damon_state() -> str:
     """'on' / 'off' for each kdamond, or 'absent' (no DAMON sysfs interface)."""
     root = Path("/sys/kernel/mm/damon/admin/kdamonds")
@@ -67,11 +82,26 @@ def damon_state() -> str:
     return ", ".join(states) if states else "absent"
 
 
+def _direct_read(direct, readers, indptr, n, n_rows, rng, requests) -> tuple[float, float, float, float]:
+    """One direct read of fresh random rows: (wall, user, system, machine CPU) seconds."""
+    rows = np.sort(rng.choice(n, size=n_rows, replace=False))
+    starts, lens = indptr[rows], indptr[rows + 1] - indptr[rows]
+    nnz = int(lens.sum())
+    outs = [np.empty(nnz, dtype=r.dtype) for r in readers]
+    groups = [(*r._segments(starts, lens), memoryview(o.view(np.uint8))) for r, o in zip(readers, outs)]
+    u0, s0, m0 = *_cpu(), _machine_cpu()
+    t0 = time.perf_counter()
+    requests.append(direct.read(groups))
+    wall = time.perf_counter() - t0
+    u1, s1, m1 = *_cpu(), _machine_cpu()
+    return wall, u1 - u0, s1 - s0, m1 - m0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import h5py
 
-    from sctopic.data._rowreader import RawRanges
+    from sctopic.data._rowreader import DirectRanges, RawRanges
 
     path = Path(args.path)
     if not path.exists():
@@ -84,13 +114,18 @@ def main(argv=None) -> int:
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
     rng = np.random.default_rng(args.seed)
-    summary, pages, requested = {}, [], []
+    direct = DirectRanges.open(str(path))
+    summary, pages, requested, requests = {}, [], [], []
     for th in thread_counts:
         readers = [RawRanges.open(fd, X[k], threads=th) for k in ("data", "indices")]
         if any(r is None for r in readers):
             raise SystemExit("the file's X is compressed or filtered: RawRanges does not read it")
         res = {"cold": [], "hot": []}
-        for _ in range(args.reads):  # fresh rows for every read and thread count: cold pages
+        if direct is not None and th == thread_counts[0]:
+            res["direct"] = []
+        for i in range(args.reads):  # fresh rows for every read and thread count: cold pages
+            if "direct" in res and i % 2 == 0:  # other fresh rows, before or after the pair below
+                res["direct"].append(_direct_read(direct, readers, indptr, n, args.rows, rng, requests))
             rows = np.sort(rng.choice(n, size=args.rows, replace=False))
             starts, lens = indptr[rows], indptr[rows + 1] - indptr[rows]
             touched = 0
@@ -104,23 +139,30 @@ def main(argv=None) -> int:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             for cond in ("cold", "hot"):
-                u0, s0 = _cpu()
+                u0, s0, m0 = *_cpu(), _machine_cpu()
                 t0 = time.perf_counter()
                 for r in readers:
                     r.read(starts, lens)
                 wall = time.perf_counter() - t0
-                u1, s1 = _cpu()
-                res[cond].append((wall, u1 - u0, s1 - s0))
+                u1, s1, m1 = *_cpu(), _machine_cpu()
+                res[cond].append((wall, u1 - u0, s1 - s0, m1 - m0))
+            if "direct" in res and i % 2 == 1:
+                res["direct"].append(_direct_read(direct, readers, indptr, n, args.rows, rng, requests))
         for cond, v in res.items():
             a = np.array(v) * 1e3
             summary[f"{cond}_threads{th}"] = {
-                "condition": cond, "threads": th, "wall_ms_median": float(np.median(a[:, 0])),
+                "condition": cond, "threads": 0 if cond == "direct" else th,
+                "wall_ms_median": float(np.median(a[:, 0])),
                 "wall_ms_mean": float(a[:, 0].mean()), "user_ms_mean": float(a[:, 1].mean()),
-                "sys_ms_mean": float(a[:, 2].mean())}
+                "sys_ms_mean": float(a[:, 2].mean()), "machine_cpu_ms_mean": float(a[:, 3].mean())}
+    if direct is not None:
+        direct.close()
     nbytes = float(np.mean(requested))
     meta = {"file": path.name, "file_bytes": path.stat().st_size, "cells": n, "rows_per_read": args.rows,
             "reads_per_thread_count": args.reads, "thread_counts": thread_counts,
             "bytes_requested_per_read_mean": nbytes, "pages_touched_per_read_mean": float(np.mean(pages)),
+            "direct_available": direct is not None,
+            "direct_requests_per_read_mean": float(np.mean(requests)) if requests else None,
             "damon": damon_state(),
             "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.platform()}",
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -133,18 +175,32 @@ def main(argv=None) -> int:
              f"and {meta['pages_touched_per_read_mean']:.0f} distinct 4 KiB pages "
              f"({meta['pages_touched_per_read_mean'] * 4096 / 1e6:.1f} MB) touched per read. DAMON kdamonds: "
              f"{meta['damon']}. {meta['machine']}, {meta['date']}.", "",
-             "| threads | condition | wall ms (median) | wall ms (mean) | user CPU ms | system CPU ms |",
-             "|---|---|---|---|---|---|"]
+             "| threads | condition | wall ms (median) | wall ms (mean) | user CPU ms | system CPU ms | "
+             "machine busy CPU ms |",
+             "|---|---|---|---|---|---|---|"]
+    labels = {"cold": "cold (pages from storage)", "hot": "hot (same rows again, page cache)",
+              "direct": "direct (fresh rows, O_DIRECT + one AIO submission)"}
     for r in summary.values():
-        label = "cold (pages from storage)" if r["condition"] == "cold" else "hot (same rows again, page cache)"
-        lines.append(f"| {r['threads']} | {label} | {r['wall_ms_median']:.1f} | {r['wall_ms_mean']:.1f} | "
-                     f"{r['user_ms_mean']:.1f} | {r['sys_ms_mean']:.1f} |")
+        lines.append(f"| {r['threads'] or '-'} | {labels[r['condition']]} | {r['wall_ms_median']:.1f} | "
+                     f"{r['wall_ms_mean']:.1f} | {r['user_ms_mean']:.1f} | {r['sys_ms_mean']:.1f} | "
+                     f"{r['machine_cpu_ms_mean']:.1f} |")
     th0 = thread_counts[0]
     c, h = summary[f"cold_threads{th0}"], summary[f"hot_threads{th0}"]
-    lines += ["", f"With the reader's {th0} threads, fetching the pages costs {c['sys_ms_mean'] - h['sys_ms_mean']:.1f} ms "
+    lines += ["", f"With {th0} preadv threads, fetching the pages costs {c['sys_ms_mean'] - h['sys_ms_mean']:.1f} ms "
               f"of system CPU and {c['wall_ms_median'] - h['wall_ms_median']:.1f} ms of wall time per read (median) "
-              "more than reading them from the page cache. Backed training does one such read per step, one step "
+              "more than reading them from the page cache. Backed training does one such read per step, two steps "
               "ahead, in the row-reader process, on the same cores as the step itself."]
+    d = summary.get(f"direct_threads{th0}")
+    if d is not None:
+        lines += ["", f"Direct reads ({meta['direct_requests_per_read_mean']:.0f} requests per read after widening "
+                  f"to 4 KiB blocks and merging): {d['wall_ms_median']:.1f} ms wall (median) and "
+                  f"{d['machine_cpu_ms_mean']:.1f} ms of the machine's CPU per read, against "
+                  f"{c['wall_ms_median']:.1f} ms and {c['machine_cpu_ms_mean']:.1f} ms for cold reads through the "
+                  f"page cache ({c['machine_cpu_ms_mean'] / max(d['machine_cpu_ms_mean'], 1e-9):.1f}x the CPU). "
+                  "The row reader uses them where the system allows, for reads of which the page cache holds "
+                  "less than 90% (`sctopic.data._rowreader.cached_fraction`)."]
+    else:
+        lines += ["", "Direct reads (O_DIRECT + native AIO) are not available here; the row reader uses preadv."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

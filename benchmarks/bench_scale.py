@@ -36,6 +36,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SIZES = (10_000, 100_000, 1_000_000)
@@ -208,7 +210,7 @@ def markdown(res: dict) -> str:
     lines = [f"# Scale benchmark: {res['model']} on resampled Kang PBMCs", "",
              f"{res['machine']}, {res['threads']} threads, torch {res['torch']}, {res['date']}, "
              f"device {res.get('device', 'cpu')}, precision {res.get('precision', '32')}. "
-             f"{res['genes_note']}", "",
+             f"{res['genes_note']}" + (f" {res['update_note']}" if res.get("update_note") else ""), "",
              "| cells | mode | s/epoch | cells/s | s/epoch per 10^4 cells | setup s | graph s | "
              "inference s | peak RSS MiB | load before/after |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -233,13 +235,16 @@ def markdown(res: dict) -> str:
               "train(); inference = theta of every cell; peak RSS = the whole process (ru_maxrss).",
               "- Out of core, each SCE2TM step also needs the counts of 512 sampled neighbours, which "
               "lie anywhere in the file: once the data outgrow one pool of blocks (4 x 8192 cells) "
-              "they are scattered reads, started one step ahead and done by a row-reader process "
-              "(`sctopic.data._rowreader`; concurrent preadv calls on the uncompressed file). Through "
+              "they are scattered reads, started two steps ahead and done by a row-reader process "
+              "(`sctopic.data._rowreader`; on the uncompressed file one native-AIO submission of "
+              "O_DIRECT reads when the page cache does not hold the rows, else concurrent preadv "
+              "calls). Through "
               "h5py in a thread the same reads cost 9.8 s/epoch at 10^5 and 205 s/epoch at 10^6 "
               "cells (GIL hand-overs stalled both threads). What remains at 10^6 cells: 97% of the "
               "neighbours lie outside the pool, and this VM's page cache does not keep the 2.7 GB "
               "file (proactive reclaim), so each 512-row read fetches about 2-4 MB of random pages "
-              "from storage (about 15-25 ms, 9-20 ms of the reader's CPU per step) on the same 2 "
+              "from storage (through the page cache about 20-35 ms and 20-25 ms of the machine's CPU "
+              "per step, direct about 17 ms and 7 ms: `row_reads_kang_1000000.md`) on the same 2 "
               "cores that train. SCETM has no neighbours and reads only contiguous blocks.",
               "- Peak RSS 'N + reader M' is the training process plus the row-reader process (its "
               "VmHWM sampled while it ran).",
@@ -248,16 +253,16 @@ def markdown(res: dict) -> str:
               ])
     if res.get("backed_repeats"):
         sizes = sorted({int(n) for rep in res["backed_repeats"] for n in rep["seconds_per_epoch"]})
-        lines += ["", "## Backed training, repeated (same code, one run after another)", "",
-                  "| run | " + " | ".join(f"{n:,} cells s/epoch (per 10^4)" for n in sizes) + " |",
-                  "|---|" + "---|" * len(sizes)]
+        lines += ["", "## Backed training, repeated (one run after another)", "",
+                  "| run | neighbour reads | " + " | ".join(f"{n:,} cells s/epoch (per 10^4)" for n in sizes)
+                  + " |", "|---|---|" + "---|" * len(sizes)]
         for rep in res["backed_repeats"]:
             v = rep["seconds_per_epoch"]
-            lines.append(f"| {rep['run']} ({rep.get('started', '')}) | " + " | ".join(
+            lines.append(f"| {rep['run']} ({rep.get('started', '')}) | {rep.get('reads', '')} | " + " | ".join(
                 f"{v[str(n)]:.2f} ({1e4 * v[str(n)] / n:.3f})" if str(n) in v else "" for n in sizes) + " |")
-        lines += ["", "The main table shows the last run. On this VM the 10^6-cell epochs vary by about "
-                  "20% from run to run (how much of the file the page cache still holds), and the "
-                  "10^4-cell ones by about 15%."]
+        lines += ["", "On this VM the 10^6-cell epochs vary by about 20% from run to run (how much of "
+                  "the file the page cache still holds), and a 10^4-cell run by up to 30%: the targets "
+                  "below judge linearity on the median of every listed run per size."]
     lines += ["", "## Targets", ""]
     for t in res["targets"]:
         lines.append(f"- {t}")
@@ -296,7 +301,8 @@ def targets(res: dict) -> list[str]:
         if len(rs) >= 2:
             per = [r["seconds_per_epoch"] / r["n_cells"] for r in rs]
             dev = max(per) / min(per) - 1
-            out.append(f"{mode}: time per epoch per cell varies by {dev:.0%} from "
+            label = f"{mode} (the main table's run)" if mode == "backed" and res.get("backed_repeats") else mode
+            out.append(f"{label}: time per epoch per cell varies by {dev:.0%} from "
                        f"{rs[0]['n_cells']:,} to {rs[-1]['n_cells']:,} cells (target: within 20%): "
                        f"{'met' if dev <= 0.20 else 'NOT met'}")
     reps = res.get("backed_repeats") or []
@@ -304,11 +310,23 @@ def targets(res: dict) -> list[str]:
         spreads = []
         for rep in reps:
             per = [v / int(n) for n, v in rep["seconds_per_epoch"].items()]
-            spreads.append(max(per) / min(per) - 1)
+            if len(per) >= 2:
+                spreads.append(max(per) / min(per) - 1)
         n_met = sum(d <= 0.20 for d in spreads)
-        out.append(f"backed, {len(reps)} repeat runs of the same code: spreads "
-                   f"{', '.join(f'{d:.0%}' for d in spreads)}; within 20% in {n_met} of {len(reps)}: "
-                   f"{'met' if n_met == len(reps) else 'NOT met reliably'}")
+        out.append(f"backed, {len(spreads)} repeat runs over all sizes: spreads "
+                   f"{', '.join(f'{d:.0%}' for d in spreads)}; within 20% in {n_met} of {len(spreads)}: "
+                   f"{'met' if n_met == len(spreads) else 'NOT met reliably'}")
+        # One run's 10^4 epoch can be off by 30% on this VM: the verdict uses every run's epochs.
+        by_size: dict[int, list[float]] = {}
+        for rep in reps:
+            for n, v in rep["seconds_per_epoch"].items():
+                by_size.setdefault(int(n), []).append(v)
+        med = {n: float(np.median(v)) * 1e4 / n for n, v in sorted(by_size.items())}
+        if len(med) >= 2:
+            dev = max(med.values()) / min(med.values()) - 1
+            out.append("backed, median over all listed runs per size: "
+                       + ", ".join(f"{n:,} cells {m:.3f} s per 10^4 ({len(by_size[n])} runs)" for n, m in med.items())
+                       + f"; varies by {dev:.0%} (target: within 20%): {'met' if dev <= 0.20 else 'NOT met'}")
     big = [r for r in rows if r["mode"] == "backed" and r["n_cells"] >= 900_000]
     for r in big:
         gib = (r["peak_rss_mib"] + (r.get("peak_rss_children_mib") or 0)) / 1024
@@ -375,11 +393,15 @@ def main(argv=None) -> int:
         return write_results(res, out, name)
     import torch
 
-    runs, graph_rows = [], []
+    runs, graph_rows, update_note = [], [], None
     if args.update and (out / f"{name}.json").exists():
         # Keep the earlier rows of the sizes/modes not rerun now.
-        runs = [r for r in json.loads((out / f"{name}.json").read_text())["runs"]
+        earlier = json.loads((out / f"{name}.json").read_text())
+        runs = [r for r in earlier["runs"]
                 if not (r.get("mode") in args.modes and r.get("n_cells") in args.sizes)]
+        if runs:
+            update_note = (f"Only the {'/'.join(args.modes)} rows were rerun at this date; the others "
+                           f"are from the run of {earlier.get('date', 'an earlier date')}.")
     for n in args.sizes:
         path = Path(args.data_dir) / f"kang_{n}.h5ad"
         if not path.exists():
@@ -400,7 +422,7 @@ def main(argv=None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs"
                    + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
         "device": args.device, "precision": args.precision,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "update_note": update_note,
         "genes_note": "The generator resamples Kang 8-donor PBMCs, which have 1,287 genes: every "
                       "size uses those 1,287 genes (5,000 were not available).",
         "runs": sorted(runs, key=lambda r: (r.get("n_cells", 0), r.get("mode", ""))),
