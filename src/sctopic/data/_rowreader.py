@@ -383,8 +383,9 @@ def serve(path: str, key: str, shm_fd: int = -1, direct: bool = True) -> int:
     """The child's loop: answer row requests until stdin closes.
 
     With ``shm_fd`` (a memory file shared with the parent) the arrays go there and only a
-    4-number reply (buffer size, rows, nnz, 1 if direct) goes through the pipe: two pipe operations per
-    read, so the parent's reading thread waits for the GIL twice, not once per 64 KB.
+    4-number reply (buffer size, rows, nnz, 1 if direct) goes through the pipe: two pipe
+    operations per read, so the parent's reading thread waits for the GIL twice, not once per
+    64 KB.
     With ``direct``, uncompressed data are read with :class:`DirectRanges` where the system
     allows it (one AIO submission per read) unless the page cache holds nearly all of a read's
     ranges (:func:`cached_fraction`); otherwise, and without ``direct``, with :class:`RawRanges`.
@@ -405,19 +406,25 @@ def serve(path: str, key: str, shm_fd: int = -1, direct: bool = True) -> int:
         raw_d, raw_i = RawRanges.open(fd, data), RawRanges.open(fd, indices)
         read_d = raw_d.read if raw_d is not None else (lambda s, ln, o=None: read_ranges(data, s, ln, o))
         read_i = raw_i.read if raw_i is not None else (lambda s, ln, o=None: read_ranges(indices, s, ln, o))
-        aio = DirectRanges.open(path) if direct and raw_d is not None and raw_i is not None else None
+        aio = [DirectRanges.open(path) if direct and raw_d is not None and raw_i is not None else None]
 
         def read_both(starts, lens, out_d, out_i) -> bool:
             """Read the rows' data and indices; True if it went direct."""
-            if aio is not None:
+            if aio[0] is not None:
                 seg_d, seg_i = raw_d._segments(starts, lens), raw_i._segments(starts, lens)
                 # A file the page cache holds (small, or read recently) is cheaper to read
                 # through it; otherwise one direct submission.
                 fo, nb = np.concatenate([seg_d[0], seg_i[0]]), np.concatenate([seg_d[1], seg_i[1]])
                 if cached_fraction(fd, fo, nb) < DIRECT_BELOW_CACHED:
-                    aio.read([(*seg_d, memoryview(out_d.view(np.uint8))),
-                              (*seg_i, memoryview(out_i.view(np.uint8)))])
-                    return True
+                    try:
+                        aio[0].read([(*seg_d, memoryview(out_d.view(np.uint8))),
+                                     (*seg_i, memoryview(out_i.view(np.uint8)))])
+                        return True
+                    except OSError as exc:  # e.g. AIO resources exhausted: page-cache reads from now on
+                        print(f"sctopic row reader: direct reads failed ({exc}); reading through the "
+                              "page cache", file=sys.stderr)
+                        aio[0].close()
+                        aio[0] = None
             read_d(starts, lens, out_d)
             read_i(starts, lens, out_i)
             return False
@@ -426,8 +433,8 @@ def serve(path: str, key: str, shm_fd: int = -1, direct: bool = True) -> int:
             try:
                 rows = recv(inp)
             except EOFError:  # the parent closed the pipe
-                if aio is not None:
-                    aio.close()
+                if aio[0] is not None:
+                    aio[0].close()
                 return 0
             starts = indptr[rows]
             lens = indptr[rows + 1] - starts
