@@ -89,9 +89,14 @@ def _direct_read(direct, readers, indptr, n, n_rows, rng, requests) -> tuple[flo
     nnz = int(lens.sum())
     outs = [np.empty(nnz, dtype=r.dtype) for r in readers]
     groups = [(*r._segments(starts, lens), memoryview(o.view(np.uint8))) for r, o in zip(readers, outs)]
+    return _timed(lambda: requests.append(direct.read(groups)))
+
+
+def _timed(fn) -> tuple[float, float, float, float]:
+    """Run ``fn()``: (wall, user, system, machine CPU) seconds it took."""
     u0, s0, m0 = *_cpu(), _machine_cpu()
     t0 = time.perf_counter()
-    requests.append(direct.read(groups))
+    fn()
     wall = time.perf_counter() - t0
     u1, s1, m1 = *_cpu(), _machine_cpu()
     return wall, u1 - u0, s1 - s0, m1 - m0
@@ -139,13 +144,7 @@ def main(argv=None) -> int:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             for cond in ("cold", "hot"):
-                u0, s0, m0 = *_cpu(), _machine_cpu()
-                t0 = time.perf_counter()
-                for r in readers:
-                    r.read(starts, lens)
-                wall = time.perf_counter() - t0
-                u1, s1, m1 = *_cpu(), _machine_cpu()
-                res[cond].append((wall, u1 - u0, s1 - s0, m1 - m0))
+                res[cond].append(_timed(lambda: [r.read(starts, lens) for r in readers]))
             if "direct" in res and i % 2 == 1:
                 res["direct"].append(_direct_read(direct, readers, indptr, n, args.rows, rng, requests))
         for cond, v in res.items():

@@ -48,7 +48,6 @@ def worker(args) -> dict:
     """Runs in its own process: one (size, mode) measurement."""
     import warnings
 
-    import numpy as np
     import torch
 
     import sctopic

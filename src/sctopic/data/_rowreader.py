@@ -142,14 +142,18 @@ class RawRanges:
                 a, m, q = a + k, m - k, q + k
         return np.concatenate(fo), np.concatenate(nb), np.concatenate(oo)
 
-    def read(self, starts: np.ndarray, lens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Concatenation of ``dset[s:s+l]`` for each range (into ``out``)."""
+    def read(self, starts: np.ndarray, lens: np.ndarray, out: np.ndarray | None = None,
+             segments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Concatenation of ``dset[s:s+l]`` for each range (into ``out``).
+
+        ``segments``: ``self._segments(starts, lens)`` when the caller has it already.
+        """
         total = int(lens.sum())
         if out is None:
             out = np.empty(total, dtype=self.dtype)
         if total == 0:
             return out
-        fo, nb, oo = self._segments(starts, lens)
+        fo, nb, oo = self._segments(starts, lens) if segments is None else segments
         buf = memoryview(out.view(np.uint8).reshape(-1))
         fd = self.fd
 
@@ -406,35 +410,39 @@ def serve(path: str, key: str, shm_fd: int = -1, direct: bool = True) -> int:
         raw_d, raw_i = RawRanges.open(fd, data), RawRanges.open(fd, indices)
         read_d = raw_d.read if raw_d is not None else (lambda s, ln, o=None: read_ranges(data, s, ln, o))
         read_i = raw_i.read if raw_i is not None else (lambda s, ln, o=None: read_ranges(indices, s, ln, o))
-        aio = [DirectRanges.open(path) if direct and raw_d is not None and raw_i is not None else None]
+        aio = DirectRanges.open(path) if direct and raw_d is not None and raw_i is not None else None
 
         def read_both(starts, lens, out_d, out_i) -> bool:
             """Read the rows' data and indices; True if it went direct."""
-            if aio[0] is not None:
-                seg_d, seg_i = raw_d._segments(starts, lens), raw_i._segments(starts, lens)
-                # A file the page cache holds (small, or read recently) is cheaper to read
-                # through it; otherwise one direct submission.
-                fo, nb = np.concatenate([seg_d[0], seg_i[0]]), np.concatenate([seg_d[1], seg_i[1]])
-                if cached_fraction(fd, fo, nb) < DIRECT_BELOW_CACHED:
-                    try:
-                        aio[0].read([(*seg_d, memoryview(out_d.view(np.uint8))),
-                                     (*seg_i, memoryview(out_i.view(np.uint8)))])
-                        return True
-                    except OSError as exc:  # e.g. AIO resources exhausted: page-cache reads from now on
-                        print(f"sctopic row reader: direct reads failed ({exc}); reading through the "
-                              "page cache", file=sys.stderr)
-                        aio[0].close()
-                        aio[0] = None
-            read_d(starts, lens, out_d)
-            read_i(starts, lens, out_i)
+            nonlocal aio
+            if aio is None:
+                read_d(starts, lens, out_d)
+                read_i(starts, lens, out_i)
+                return False
+            seg_d, seg_i = raw_d._segments(starts, lens), raw_i._segments(starts, lens)
+            # A file the page cache holds (small, or read recently) is cheaper to read through
+            # it; otherwise one direct submission.
+            fo, nb = np.concatenate([seg_d[0], seg_i[0]]), np.concatenate([seg_d[1], seg_i[1]])
+            if cached_fraction(fd, fo, nb) < DIRECT_BELOW_CACHED:
+                try:
+                    aio.read([(*seg_d, memoryview(out_d.view(np.uint8))),
+                              (*seg_i, memoryview(out_i.view(np.uint8)))])
+                    return True
+                except OSError as exc:  # e.g. AIO resources exhausted: page-cache reads from now on
+                    print(f"sctopic row reader: direct reads failed ({exc}); reading through the "
+                          "page cache", file=sys.stderr)
+                    aio.close()
+                    aio = None
+            raw_d.read(starts, lens, out_d, segments=seg_d)
+            raw_i.read(starts, lens, out_i, segments=seg_i)
             return False
         buf, size = None, 0
         while True:
             try:
                 rows = recv(inp)
             except EOFError:  # the parent closed the pipe
-                if aio[0] is not None:
-                    aio[0].close()
+                if aio is not None:
+                    aio.close()
                 return 0
             starts = indptr[rows]
             lens = indptr[rows + 1] - starts
@@ -492,7 +500,7 @@ class RowReaderProcess:
         if direct is None:
             direct = os.environ.get("SCTOPIC_DIRECT_IO", "1").strip() not in ("0", "false", "no", "off")
         self.direct = bool(direct)
-        self.direct_used: bool | None = None  # whether the child's last read went direct
+        self.direct_used: bool | None = None  # the child's last read went direct (shared memory only)
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._fd, self._buf, self._size = -1, None, 0
