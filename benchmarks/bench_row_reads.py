@@ -2,22 +2,24 @@
 
 Backed SCE2TM training reads, every step, the counts of 512 sampled neighbours that lie
 anywhere in the ``.h5ad`` (``sctopic.data.backed``; the row-reader process of
-``sctopic.data._rowreader``). This script times that read alone, through the same code
-(:class:`sctopic.data._rowreader.RawRanges`, the same thread count and ``POSIX_FADV_RANDOM``),
+``sctopic.data.rowreader``). This script times that read alone, through the same code
+(:class:`sctopic.data.rowreader.RawRanges`, the same thread count and ``POSIX_FADV_RANDOM``),
 in two conditions on the same rows:
 
 * ``cold``: random rows after ``POSIX_FADV_DONTNEED`` has evicted the file's pages from the
   page cache: the storage read, as at 10^6 cells during training on this VM;
 * ``hot``: the same rows read again at once, so their pages are cached: what the read costs
-  when the file stays in memory;
-* ``direct``: other fresh rows, read as the row reader now does where it can
-  (:class:`sctopic.data._rowreader.DirectRanges`: ``O_DIRECT``, all ranges of data and
-  indices in one native-AIO submission), which never touches the page cache.
+  when the file stays in memory.
+
+(A third condition, ``direct``: ``O_DIRECT`` reads in one native-AIO submission, timed the row
+reader's direct path; that path was removed after ``results/direct_reads_ab.md`` showed no
+change per epoch, and the condition with it. Its numbers stay in
+``results/row_reads_kang_1000000.md``.)
 
 Per read: wall time, user and system CPU time of this process (``getrusage``; the reading
 threads' time included), the whole machine's busy CPU time (``/proc/stat``: user, system,
-interrupts; completions of asynchronous I/O are handled in interrupt context, which
-``getrusage`` may not charge to the reader), bytes requested and distinct 4 KiB pages
+interrupts; completions of block I/O are handled in interrupt context, which ``getrusage``
+may not charge to the reader), bytes requested and distinct 4 KiB pages
 touched. The gap between cold and hot system time is the kernel's work to fetch pages from
 storage; at 10^6 cells that CPU time is spent on the same 2 cores as the training step. Run
 it alone: the machine-wide figures count every process.
@@ -33,28 +35,22 @@ Writes ``benchmarks/results/row_reads_<stem>.{json,md}``.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import resource
 import time
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
+from harness import machine, make_parser, md_table, scaled_path, write_report
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--path", default=str(HERE / "work" / "scale" / "kang_1000000.h5ad"))
+    p = make_parser(__doc__, seed=0, results_dir=True)
+    p.add_argument("--path", default=str(scaled_path(1_000_000)))
     p.add_argument("--rows", type=int, default=512, help="rows per read (one step's neighbours)")
     p.add_argument("--reads", type=int, default=40)
     p.add_argument("--threads", default="4,16,32",
                    help="comma-separated counts of concurrent preadv threads (the reader uses 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results-dir", default=str(HERE / "results"))
     return p.parse_args(argv)
 
 
@@ -82,16 +78,6 @@ def damon_state() -> str:
     return ", ".join(states) if states else "absent"
 
 
-def _direct_read(direct, readers, indptr, n, n_rows, rng, requests) -> tuple[float, float, float, float]:
-    """One direct read of fresh random rows: (wall, user, system, machine CPU) seconds."""
-    rows = np.sort(rng.choice(n, size=n_rows, replace=False))
-    starts, lens = indptr[rows], indptr[rows + 1] - indptr[rows]
-    nnz = int(lens.sum())
-    outs = [np.empty(nnz, dtype=r.dtype) for r in readers]
-    groups = [(*r._segments(starts, lens), memoryview(o.view(np.uint8))) for r, o in zip(readers, outs)]
-    return _timed(lambda: requests.append(direct.read(groups)))
-
-
 def _timed(fn) -> tuple[float, float, float, float]:
     """Run ``fn()``: (wall, user, system, machine CPU) seconds it took."""
     u0, s0, m0 = *_cpu(), _machine_cpu()
@@ -106,7 +92,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import h5py
 
-    from sctopic.data._rowreader import DirectRanges, RawRanges
+    from sctopic.data.rowreader import RawRanges
 
     path = Path(args.path)
     if not path.exists():
@@ -119,23 +105,18 @@ def main(argv=None) -> int:
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
     rng = np.random.default_rng(args.seed)
-    direct = DirectRanges.open(str(path))
-    summary, pages, requested, requests = {}, [], [], []
+    summary, pages, requested = {}, [], []
     for th in thread_counts:
         readers = [RawRanges.open(fd, X[k], threads=th) for k in ("data", "indices")]
         if any(r is None for r in readers):
             raise SystemExit("the file's X is compressed or filtered: RawRanges does not read it")
         res = {"cold": [], "hot": []}
-        if direct is not None and th == thread_counts[0]:
-            res["direct"] = []
-        for i in range(args.reads):  # fresh rows for every read and thread count: cold pages
-            if "direct" in res and i % 2 == 0:  # other fresh rows, before or after the pair below
-                res["direct"].append(_direct_read(direct, readers, indptr, n, args.rows, rng, requests))
+        for _ in range(args.reads):  # fresh rows for every read and thread count: cold pages
             rows = np.sort(rng.choice(n, size=args.rows, replace=False))
             starts, lens = indptr[rows], indptr[rows + 1] - indptr[rows]
             touched = 0
             for r in readers:
-                fo, nb, _ = r._segments(starts, lens)
+                fo, nb, _ = r.segments(starts, lens)
                 first, last = fo // 4096, (fo + nb - 1) // 4096
                 touched += int(np.unique(np.concatenate([first, last])).size)  # a range spans <= 2 pages
             pages.append(touched)
@@ -145,62 +126,40 @@ def main(argv=None) -> int:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             for cond in ("cold", "hot"):
                 res[cond].append(_timed(lambda: [r.read(starts, lens) for r in readers]))
-            if "direct" in res and i % 2 == 1:
-                res["direct"].append(_direct_read(direct, readers, indptr, n, args.rows, rng, requests))
         for cond, v in res.items():
             a = np.array(v) * 1e3
             summary[f"{cond}_threads{th}"] = {
-                "condition": cond, "threads": 0 if cond == "direct" else th,
+                "condition": cond, "threads": th,
                 "wall_ms_median": float(np.median(a[:, 0])),
                 "wall_ms_mean": float(a[:, 0].mean()), "user_ms_mean": float(a[:, 1].mean()),
                 "sys_ms_mean": float(a[:, 2].mean()), "machine_cpu_ms_mean": float(a[:, 3].mean())}
-    if direct is not None:
-        direct.close()
     nbytes = float(np.mean(requested))
     meta = {"file": path.name, "file_bytes": path.stat().st_size, "cells": n, "rows_per_read": args.rows,
             "reads_per_thread_count": args.reads, "thread_counts": thread_counts,
             "bytes_requested_per_read_mean": nbytes, "pages_touched_per_read_mean": float(np.mean(pages)),
-            "direct_available": direct is not None,
-            "direct_requests_per_read_mean": float(np.mean(requests)) if requests else None,
             "damon": damon_state(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.platform()}",
+            "machine": machine(detail=True),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     out = Path(args.results_dir) / f"row_reads_{path.stem}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary}, indent=2) + "\n")
     lines = [f"# Scattered row reads out of core: {path.name}", "",
              f"{n:,} cells, file {meta['file_bytes'] / 1e9:.2f} GB; {args.reads} reads of {args.rows} random rows "
              f"per thread count (data + indices, `RawRanges`, POSIX_FADV_RANDOM); {nbytes / 1e6:.2f} MB requested "
              f"and {meta['pages_touched_per_read_mean']:.0f} distinct 4 KiB pages "
              f"({meta['pages_touched_per_read_mean'] * 4096 / 1e6:.1f} MB) touched per read. DAMON kdamonds: "
-             f"{meta['damon']}. {meta['machine']}, {meta['date']}.", "",
-             "| threads | condition | wall ms (median) | wall ms (mean) | user CPU ms | system CPU ms | "
-             "machine busy CPU ms |",
-             "|---|---|---|---|---|---|---|"]
-    labels = {"cold": "cold (pages from storage)", "hot": "hot (same rows again, page cache)",
-              "direct": "direct (fresh rows, O_DIRECT + one AIO submission)"}
-    for r in summary.values():
-        lines.append(f"| {r['threads'] or '-'} | {labels[r['condition']]} | {r['wall_ms_median']:.1f} | "
-                     f"{r['wall_ms_mean']:.1f} | {r['user_ms_mean']:.1f} | {r['sys_ms_mean']:.1f} | "
-                     f"{r['machine_cpu_ms_mean']:.1f} |")
+             f"{meta['damon']}. {meta['machine']}, {meta['date']}.", ""]
+    labels = {"cold": "cold (pages from storage)", "hot": "hot (same rows again, page cache)"}
+    lines += md_table(["threads", "condition", "wall ms (median)", "wall ms (mean)", "user CPU ms",
+                       "system CPU ms", "machine busy CPU ms"],
+                      [[r["threads"], labels[r["condition"]]] + [f"{r[k]:.1f}" for k in (
+                          "wall_ms_median", "wall_ms_mean", "user_ms_mean", "sys_ms_mean", "machine_cpu_ms_mean")]
+                       for r in summary.values()])
     th0 = thread_counts[0]
     c, h = summary[f"cold_threads{th0}"], summary[f"hot_threads{th0}"]
     lines += ["", f"With {th0} preadv threads, fetching the pages costs {c['sys_ms_mean'] - h['sys_ms_mean']:.1f} ms "
               f"of system CPU and {c['wall_ms_median'] - h['wall_ms_median']:.1f} ms of wall time per read (median) "
               "more than reading them from the page cache. Backed training does one such read per step, two steps "
               "ahead, in the row-reader process, on the same cores as the step itself."]
-    d = summary.get(f"direct_threads{th0}")
-    if d is not None:
-        lines += ["", f"Direct reads ({meta['direct_requests_per_read_mean']:.0f} requests per read after widening "
-                  f"to 4 KiB blocks and merging): {d['wall_ms_median']:.1f} ms wall (median) and "
-                  f"{d['machine_cpu_ms_mean']:.1f} ms of the machine's CPU per read, against "
-                  f"{c['wall_ms_median']:.1f} ms and {c['machine_cpu_ms_mean']:.1f} ms for cold reads through the "
-                  f"page cache ({c['machine_cpu_ms_mean'] / max(d['machine_cpu_ms_mean'], 1e-9):.1f}x the CPU). "
-                  "The row reader uses them where the system allows, for reads of which the page cache holds "
-                  "less than 90% (`sctopic.data._rowreader.cached_fraction`)."]
-    else:
-        lines += ["", "Direct reads (O_DIRECT + native AIO) are not available here; the row reader uses preadv."]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_report(out, {"meta": meta, "summary": summary}, "\n".join(lines), indent=2)
     print("\n".join(lines))
     return 0
 

@@ -51,75 +51,15 @@ def test_block_and_scattered_reads_equal_the_matrix(pbmc_file):
     assert view.count_summary() == (ref.nnz, pytest.approx(float(ref.sum())))
 
 
-def _set_cached(path, cached: bool) -> bool:
-    """Put a file's pages into the page cache, or evict them (written back first).
-
-    Returns False where they cannot be evicted: a file system in memory (tmpfs) keeps them.
-    """
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_row_reader_process_reads_the_same_rows(pbmc_file, tmp_path, monkeypatch, shared_memory):
+    """Scattered rows read by the helper process equal those read through h5py here."""
     import os
 
-    if cached:
-        path.read_bytes()
-        return True
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return _fs_type(path) not in ("tmpfs", "ramfs")
-
-
-def _fs_type(path) -> str:
-    """The type of the file system holding ``path`` (from /proc/mounts; '' if unknown)."""
-    import os
-
-    best, kind = "", ""
-    try:
-        with open("/proc/mounts") as m:
-            for line in m:
-                parts = line.split()
-                mnt = parts[1].replace("\\040", " ")
-                full = os.path.realpath(path)
-                if (full == mnt or full.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
-                    best, kind = mnt, parts[2]
-    except OSError:
-        pass
-    return kind
-
-
-def test_cached_fraction_sees_the_page_cache(tmp_path):
-    import os
-
-    from sctopic.data._rowreader import cached_fraction
-
-    if not hasattr(os, "RWF_NOWAIT") or not hasattr(os, "posix_fadvise"):
-        pytest.skip("no RWF_NOWAIT / posix_fadvise here")
-    f = tmp_path / "blob.bin"
-    f.write_bytes(np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes())
-    fo, nb = np.arange(0, 1 << 20, 40_000), np.full(27, 3000)
-    fd = os.open(f, os.O_RDONLY)
-    try:
-        if not _set_cached(f, False):
-            pytest.skip("the temporary directory is in memory: its pages cannot be evicted")
-        assert cached_fraction(fd, fo, nb) == 0.0
-        _set_cached(f, True)
-        assert cached_fraction(fd, fo, nb) == 1.0
-    finally:
-        os.close(fd)
-
-
-@pytest.mark.parametrize("shared_memory,direct", [(True, True), (True, False), (False, True)])
-def test_row_reader_process_reads_the_same_rows(pbmc_file, tmp_path, monkeypatch, shared_memory, direct):
-    """Scattered rows read by the helper process equal those read through h5py here, with
-    direct (AIO) reads and through the page cache."""
-    import os
-
-    from sctopic.data._rowreader import DirectRanges, RowReaderProcess
+    from sctopic.data.rowreader import RowReaderProcess
 
     if not shared_memory:  # the pipe-only protocol (platforms without memfd_create)
         monkeypatch.delattr(os, "memfd_create", raising=False)
-    monkeypatch.setenv("SCTOPIC_DIRECT_IO", "1" if direct else "0")
     path, a = pbmc_file
     X = sp.csr_matrix(a.X)
     rng = np.random.default_rng(1)
@@ -135,17 +75,6 @@ def test_row_reader_process_reads_the_same_rows(pbmc_file, tmp_path, monkeypatch
             assert got.dtype == np.float32
             assert (got != X[rows[pick]][:, cols]).nnz == 0
         assert reader._proc is not None and reader._proc.poll() is None
-        if shared_memory:  # the child says which path it took: direct only for uncached rows
-            probe = DirectRanges.open(str(path)) if direct else None
-            on_disk = _fs_type(path) not in ("tmpfs", "ramfs")  # else the page cache is the file
-            for cached in (False, True):
-                _set_cached(path, cached)
-                pick = np.sort(rng.choice(400, 60, replace=False))
-                assert (view.take(pick, reader=reader) != X[rows[pick]][:, cols]).nnz == 0
-                if on_disk:
-                    assert reader.direct_used == (probe is not None and not cached)
-            if probe is not None:
-                probe.close()
     finally:
         reader.close()
     assert reader._proc is None and reader._fd == -1
@@ -177,7 +106,7 @@ def test_raw_range_reads_equal_hdf5_across_chunks(tmp_path, pbmc_file, compressi
 
     import h5py
 
-    from sctopic.data._rowreader import RawRanges, read_ranges
+    from sctopic.data.rowreader import RawRanges, read_ranges
 
     _, a = pbmc_file
     X = sp.csr_matrix(a.X[:120], dtype=np.float32)
@@ -212,39 +141,8 @@ def test_raw_range_reads_equal_hdf5_across_chunks(tmp_path, pbmc_file, compressi
         r.close()
 
 
-def test_direct_ranges_read_the_files_bytes(tmp_path):
-    """AIO + O_DIRECT reads (ranges widened to blocks, merged, copied out) equal plain reads:
-    ranges sharing a block, crossing blocks, at the end of the file, empty ones, two output
-    buffers in one submission, and more requests than the AIO context holds at once."""
-    from sctopic.data._rowreader import DirectRanges
-
-    rng = np.random.default_rng(7)
-    blob = rng.integers(0, 256, 300_001, dtype=np.uint8).tobytes()  # not a whole number of blocks
-    f = tmp_path / "blob.bin"
-    f.write_bytes(blob)
-    d = DirectRanges.open(str(f), capacity=8)
-    if d is None:
-        pytest.skip("this file system or kernel offers no O_DIRECT + native AIO (the reader falls back)")
-    try:
-        fo = np.r_[rng.integers(0, len(blob) - 5000, 60), 10, 20, 4090, len(blob) - 7, 50_000]
-        nb = np.r_[rng.integers(0, 5000, 60), 5, 4, 12, 7, 0]  # 10/20: one block; 4090: across
-        halves = []
-        for sl in (slice(0, 33), slice(33, None)):
-            oo = np.cumsum(nb[sl]) - nb[sl]
-            out = bytearray(int(nb[sl].sum()))
-            halves.append((fo[sl], nb[sl], oo, memoryview(out), out))
-        k = d.read([h[:4] for h in halves])
-        assert 8 < k <= int((nb > 0).sum())  # beyond one context's capacity; merged where blocks touch
-        for fo_, nb_, _, _, out in halves:
-            assert bytes(out) == b"".join(blob[a:a + b] for a, b in zip(fo_.tolist(), nb_.tolist()))
-        with pytest.raises(OSError, match="short read"):  # past the end of the file
-            d.read([(np.array([len(blob) - 2]), np.array([10]), np.array([0]), memoryview(bytearray(10)))])
-    finally:
-        d.close()
-
-
 def test_row_reader_process_failure_is_a_clear_error(pbmc_file):
-    from sctopic.data._rowreader import RowReaderProcess
+    from sctopic.data.rowreader import RowReaderProcess
 
     path, _ = pbmc_file
     r = RowReaderProcess(path, "/no/such/matrix")

@@ -10,7 +10,7 @@ kinds of reads, both written here against h5py directly:
   data). Here they are read one union of hyperslabs per read with HDF5's chunk cache off
   (20-30 ms for 512 random rows of the 10^6-cell benchmark file, against 0.4-0.85 s with the
   default 1 MB chunk cache, which pulls a whole storage chunk per row). During training they
-  go through a helper process instead (:mod:`sctopic.data._rowreader`): in a thread, h5py's
+  go through a helper process instead (:mod:`sctopic.data.rowreader`): in a thread, h5py's
   many GIL hand-overs slowed both the read and the training loop several-fold.
 
 Randomness of out-of-core minibatches
@@ -37,10 +37,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from sctopic.data._rowreader import RowReaderProcess
-from sctopic.data._rowreader import read_ranges as _read_ranges
+from sctopic.data.rowreader import RowReaderProcess
+from sctopic.data.rowreader import read_ranges as _read_ranges
 from sctopic.data.validate import check_counts
 from sctopic.errors import InputError
+from sctopic.utils.sparse import csr_tensor
 
 #: Cells per contiguous read (about 8192 x nnz-per-cell x 8 bytes: 23 MB for Kang PBMCs).
 DEFAULT_BLOCK_SIZE = 8192
@@ -146,7 +147,7 @@ class BackedCounts:
         """Rows at increasing, unique positions ``idx`` (scattered reads).
 
         ``reader`` (from :meth:`row_reader`) reads them in a helper process instead of this
-        one (for reads running beside a busy training loop; see :mod:`sctopic.data._rowreader`).
+        one (for reads running beside a busy training loop; see :mod:`sctopic.data.rowreader`).
         """
         idx = np.asarray(idx, dtype=np.int64)
         rows = idx if self.rows is None else self.rows[idx]
@@ -367,8 +368,6 @@ def select_genes_backed(stats: CountStats, n_top_genes: int) -> np.ndarray:
 # ---------------------------------------------------------------------- minibatches
 def to_torch(X: sp.csr_matrix, layout: str, device: torch.device) -> torch.Tensor:
     """A scipy CSR block as a dense or sparse CSR float32 tensor on ``device``."""
-    from sctopic.nn.sparse import csr_tensor
-
     if layout == "dense":
         return torch.as_tensor(X.toarray(), device=device)
     return csr_tensor(torch.as_tensor(X.indptr.astype(np.int64), device=device),
@@ -416,7 +415,7 @@ class BackedMinibatches:
         self._pool_ids: np.ndarray | None = None
         self._far_reader: ThreadPoolExecutor | None = None
         # Scattered (neighbour) rows are read by a helper process, started at the first such
-        # read and ended with the reader object (see sctopic.data._rowreader for why).
+        # read and ended with the reader object (see sctopic.data.rowreader for why).
         self._row_reader = X.row_reader()
 
     def _read_pool(self, blocks: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
