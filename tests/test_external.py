@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from sctopic.errors import InputError
 from sctopic.external import ExternalView, go_embed, go_gene_vectors, resolve_view
-from sctopic.external.views import read_dict_file
+from sctopic.external.common import read_dict_file
 
 
 @pytest.fixture(scope="module")

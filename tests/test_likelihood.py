@@ -11,7 +11,8 @@ from torch import nn
 
 from sctopic.nn.decoder import EmbeddedTopicDecoder, LinearTopicDecoder, fold_batch_norm
 from sctopic.nn.likelihood import linear_multinomial_nll, multinomial_nll
-from sctopic.nn.sparse import column_major_, csr_transpose, dense_to_csr, sparse_linear
+from sctopic.nn.sparse import column_major_, sparse_linear
+from sctopic.utils.sparse import csr_transpose, dense_to_csr
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 

@@ -142,8 +142,9 @@ def select_genes(
 def pca_embedding(X_counts: sp.spmatrix, n_comps: int = 50, seed: int = 0) -> np.ndarray:
     """PCA of log-normalised counts (the representation the expression graph is built on).
 
-    Uses a randomised truncated SVD of the centred data without densifying it (scikit-learn's
-    PCA with ``svd_solver="arpack"`` handles sparse centring implicitly).
+    scikit-learn's ``PCA(svd_solver="arpack")``: a truncated SVD of the centred data by ARPACK's
+    Lanczos iterations (:func:`scipy.sparse.linalg.svds`), centring the sparse matrix implicitly
+    instead of densifying it; ``seed`` sets ARPACK's random start vector.
     """
     from sklearn.decomposition import PCA
 

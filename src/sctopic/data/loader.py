@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from sctopic.nn.sparse import csr_tensor, dense_to_csr
+from sctopic.utils.sparse import csr_tensor, dense_to_csr
 
 #: Keep the count matrix dense on the device up to this many bytes.
 DENSE_BYTES_MAX = 1 << 30
@@ -100,11 +100,12 @@ DENSE_BATCH_DENSITY = 0.10
 def minibatch_layout(X, storage: str = "auto") -> str:
     """``"dense"`` or ``"csr"`` minibatches for a count matrix.
 
-    ``"auto"`` picks dense batches at densities >= :data:`DENSE_BATCH_DENSITY`. Measured with
-    :func:`sctopic.nn.sparse.sparse_linear`, first layer (2000 cells -> 128 units) forward +
-    backward, 1 / 2 threads: Kang 8 donors (1,287 genes, 27% non-zero) dense 15.2 / 7.9 ms vs
-    sparse 20.0 / 13.4 ms; pbmc3k with 5,000 HVGs (7%) dense 57.0 / 32.4 ms vs sparse 22.2 /
-    17.3 ms. Dense work grows with genes, sparse with stored entries; they cross near 15-20%.
+    ``"auto"`` picks dense batches when at least :data:`DENSE_BATCH_DENSITY` of the entries
+    are non-zero (for an out-of-core matrix, those of its first block), sparse CSR batches
+    otherwise. Dense work grows with the number of genes, sparse work with the stored entries
+    (:func:`sctopic.nn.sparse.sparse_linear`), so sparse batches win on sparse data. Timings of
+    a whole training step in each layout (pbmc3k) are in ``benchmarks/results/flops_csr.md``
+    and ``flops_dense.md`` (``benchmarks/bench_flops.py --layout csr|dense``).
     """
     if storage in ("dense", "csr"):
         return storage

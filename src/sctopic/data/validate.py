@@ -25,6 +25,36 @@ def _values(X) -> np.ndarray:
     return np.asarray(X).ravel()
 
 
+def check_nonnegative(
+    X,
+    where: str,
+    expected: str = "raw counts or log-normalised expression",
+    fix: str = "raw counts or log-normalised (non-negative) expression, e.g. layer='counts'",
+) -> None:
+    """Raise unless ``X`` stores values and every one is finite and non-negative.
+
+    Parameters
+    ----------
+    X
+        Dense array or scipy sparse matrix (for sparse, its stored values are checked).
+    where
+        How to name the matrix in the error messages (e.g. ``"adata.layers['counts']"``).
+    expected, fix
+        What the caller needs and how to pass it, for the error messages.
+    """
+    vals = _values(X)
+    if vals.size == 0:
+        raise InputError(f"{where} holds no non-zero values.")
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        raise InputError(f"{where} holds {int(bad.sum())} NaN or infinite values; pass {expected} "
+                         "without missing values.")
+    vmin = float(vals.min())
+    if vmin < 0:
+        raise InputError(f"{where} holds negative values (min {vmin:.3g}): it looks scaled or centred, "
+                         f"not {expected}. Pass {fix}.")
+
+
 def check_counts(X, where: str = "adata.X") -> None:
     """Raise if ``X`` does not look like raw counts (finite, non-negative integers).
 
@@ -47,19 +77,8 @@ def check_counts(X, where: str = "adata.X") -> None:
                 "Pass the raw count matrix, e.g. layer='counts'."
             )
         return
-    finite = np.isfinite(vals)
-    if not finite.all():
-        n_bad = int((~finite).sum())
-        raise InputError(
-            f"{where} holds {n_bad} NaN or infinite values; remove or fix them "
-            "(raw integer counts are expected)."
-        )
-    vmin = float(vals.min())
-    if vmin < 0:
-        raise InputError(
-            f"{where} holds negative values (min {vmin:.3g}): it looks scaled or centred, not raw "
-            "counts. Pass the raw count matrix, e.g. layer='counts' or the unscaled adata.raw."
-        )
+    check_nonnegative(vals, where, expected="raw counts",
+                      fix="the raw count matrix, e.g. layer='counts' or the unscaled adata.raw")
     frac = np.abs(vals - np.rint(vals))
     if frac.max() > 1e-3:
         n_bad = int((frac > 1e-3).sum())

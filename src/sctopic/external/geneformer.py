@@ -43,7 +43,7 @@ import scipy.sparse as sp
 
 from sctopic.data.counts import get_counts
 from sctopic.errors import InputError
-from sctopic.external.views import coverage_check, progress_bar, read_dict_file, torch_seeded
+from sctopic.external.common import coverage_check, progress_bar, read_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,10 @@ def geneformer_embed(
 ) -> np.ndarray | tuple[np.ndarray, dict]:
     """Geneformer cell embeddings (mean-pooled hidden states) of every cell of ``adata``.
 
+    Each cell is rank-value encoded (:func:`rank_value_tokens`: its dictionary genes ordered by
+    count / cell total / gene median, as many as the model takes) and the hidden states of
+    layer ``emb_layer`` are averaged over its gene tokens.
+
     Parameters
     ----------
     adata
@@ -222,7 +226,8 @@ def geneformer_embed(
     """
     import torch
 
-    from sctopic.train.device import resolve_device
+    from sctopic.utils.device import resolve_device
+    from sctopic.utils.random import seeded
 
     t0 = time.perf_counter()
     _require_transformers()
@@ -276,7 +281,7 @@ def geneformer_embed(
     out = np.zeros((X.shape[0], hidden), dtype=np.float32)
     n_tokens = np.zeros(X.shape[0], dtype=np.int64)
     t1 = time.perf_counter()
-    with torch_seeded(seed), torch.inference_mode(), progress_bar(X.shape[0], "Geneformer", progress) as bar:
+    with seeded(seed, dev), torch.inference_mode(), progress_bar(X.shape[0], "Geneformer", progress) as bar:
         for start in range(0, X.shape[0], batch_size):
             stop = min(start + batch_size, X.shape[0])
             seqs = rank_value_tokens(Xg[start:stop], totals[start:stop], medians, tokens, max_genes)

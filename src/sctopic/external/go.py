@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from sctopic.data.counts import get_counts, log_normalize
 from sctopic.errors import InputError
-from sctopic.external.views import coverage_check
+from sctopic.external.common import coverage_check, gene_names
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,9 @@ def go_embed(
 ) -> np.ndarray | tuple[np.ndarray, dict]:
     """The GO knowledge view of every cell of ``adata``.
 
+    A cell's view is the mean of its GO-annotated genes' vectors (:func:`go_gene_vectors`),
+    weighted by its log-normalised expression; a cell without annotated genes gets zeros.
+
     Parameters
     ----------
     adata
@@ -142,12 +145,7 @@ def go_embed(
     """
     t0 = time.perf_counter()
     X = get_counts(adata, layer)
-    if gene_key is None:
-        genes = [str(g) for g in adata.var_names]
-    else:
-        if gene_key not in adata.var.columns:
-            raise InputError(f"gene column {gene_key!r} not found in adata.var.")
-        genes = [str(g) for g in adata.var[gene_key]]
+    genes = gene_names(adata, gene_key)
     G, found, lib_name = go_gene_vectors(genes, library, n_components)
     coverage = coverage_check(genes, found, f"GO library {lib_name!r}", min_coverage,
                               "gene symbols", warn_below=0.2,

@@ -64,15 +64,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from sctopic.errors import InputError
-from sctopic.external.views import (
+from sctopic.external.common import (
     check_nonnegative,
     coverage_check,
     expression_matrix,
     gene_names,
     progress_bar,
     read_json,
-    torch_seeded,
 )
+from sctopic.utils.random import seeded
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +489,7 @@ def load_scgpt(checkpoint_dir: str | Path, strict: bool = True) -> ScGPTCheckpoi
         ) from exc
     if isinstance(state, dict) and "model_state_dict" in state and isinstance(state["model_state_dict"], dict):
         state = state["model_state_dict"]
-    with torch_seeded(0):  # the throw-away initial weights do not touch the caller's RNG
+    with seeded(0):  # the throw-away initial weights do not draw from the caller's CPU RNG
         model = ScGPTEncoder(config, pad_id=vocab[config.pad_token])
     report = match_state_dict(model, state, strict=strict)
     report["path"] = str(d)
@@ -627,7 +627,7 @@ def scgpt_embed(
     InputError
         Bad checkpoint (see :func:`load_scgpt`), negative/NaN input, or too low coverage.
     """
-    from sctopic.train.device import resolve_device
+    from sctopic.utils.device import resolve_device
 
     t0 = time.perf_counter()
     if batch_size < 1 or max_genes < 2:
@@ -661,7 +661,7 @@ def scgpt_embed(
     cfg = ckpt.config
     out = np.zeros((X.shape[0], cfg.d_model), dtype=np.float32)
     t1 = time.perf_counter()
-    with torch_seeded(seed), torch.inference_mode(), progress_bar(X.shape[0], "scGPT", progress) as bar:
+    with seeded(seed, dev), torch.inference_mode(), progress_bar(X.shape[0], "scGPT", progress) as bar:
         for start in range(0, X.shape[0], batch_size):
             stop = min(start + batch_size, X.shape[0])
             items = tokenize(Xv[start:stop], ids[found], ckpt.cls_id, cfg.pad_value, cfg.n_bins,

@@ -2,7 +2,8 @@
 
 * :func:`load`, :func:`read_gmt`, :func:`write_gmt`, :class:`GeneSetLibrary`: gene-set IO;
   bundled libraries ``go_bp_human``, ``go_bp_mouse``, ``hallmark``.
-* :meth:`GeneSetLibrary.match`: project a library onto a dataset's genes (coverage report).
+* :meth:`GeneSetLibrary.match`: project a library onto a dataset's genes (coverage report);
+  :func:`gene_id_kind`: whether a gene list holds symbols, Ensembl or Entrez IDs.
 * :func:`ora`: hypergeometric over-representation of each topic's top genes.
 * :func:`gsea`: preranked GSEA of each topic's gene ranking, with a permutation null.
 * :func:`bh_fdr`: Benjamini-Hochberg adjustment.
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 from sctopic.genesets.bundled import BUNDLED, available, load
 from sctopic.genesets.escore import enrichment_scores
-from sctopic.genesets.gmt import iter_gmt, read_gmt, write_gmt
+from sctopic.genesets.gmt import iter_gmt, write_gmt
 from sctopic.genesets.io import read_topic_gene
-from sctopic.genesets.library import GeneSetLibrary, MatchedLibrary, MatchReport
+from sctopic.genesets.library import GeneSetLibrary, MatchedLibrary, MatchReport, gene_id_kind, read_gmt
 from sctopic.genesets.overrepresentation import ora
 from sctopic.genesets.prerank import gsea
 from sctopic.genesets.stats import bh_fdr
@@ -27,6 +28,7 @@ __all__ = [
     "available",
     "bh_fdr",
     "enrichment_scores",
+    "gene_id_kind",
     "gsea",
     "iter_gmt",
     "load",

@@ -19,8 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from sctopic.errors import InputError
-from sctopic.genesets.gmt import read_gmt
-from sctopic.genesets.library import GeneSetLibrary
+from sctopic.genesets.library import GeneSetLibrary, read_gmt
 
 #: bundled library name -> file under ``sctopic/genesets/data``
 BUNDLED: dict[str, str] = {

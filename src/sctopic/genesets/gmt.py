@@ -1,7 +1,9 @@
-"""Reading and writing gene-set files in GMT format (plain text or gzip).
+"""Reading and writing gene-set files in GMT format (plain text or gzip), as records.
 
 A GMT line is ``name <TAB> description <TAB> gene <TAB> gene ...``. Files ending in
-``.gz`` are (de)compressed transparently.
+``.gz`` are (de)compressed transparently. This module deals in ``(name, description, genes)``
+records only; :func:`sctopic.genesets.library.read_gmt` builds a
+:class:`~sctopic.genesets.library.GeneSetLibrary` from them.
 """
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import gzip
 import io
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 from sctopic.errors import InputError
-from sctopic.genesets.library import GeneSetLibrary
+
+if TYPE_CHECKING:
+    from sctopic.genesets.library import GeneSetLibrary
 
 PathLike = str | os.PathLike
 
@@ -77,25 +81,6 @@ def iter_gmt(path: PathLike) -> Iterator[tuple[str, str, list[str]]]:
         raise InputError(f"{path} is not a readable GMT text file ({exc})") from exc
 
 
-def read_gmt(path: PathLike, name: str | None = None) -> GeneSetLibrary:
-    """Read a GMT file (plain or ``.gz``) into a :class:`GeneSetLibrary`.
-
-    Parameters
-    ----------
-    path
-        File to read.
-    name
-        Library name used in reports; defaults to the file name without extensions.
-    """
-    path = Path(path)
-    records = list(iter_gmt(path))
-    if not records:
-        raise InputError(f"gene-set file {str(path)!r} contains no gene sets")
-    if name is None:
-        name = path.name.split(".gmt")[0] if ".gmt" in path.name else path.stem
-    return GeneSetLibrary.from_records(records, name=name)
-
-
 def write_gmt(
     library: GeneSetLibrary | Mapping[str, Sequence[str]],
     path: PathLike,
@@ -106,7 +91,8 @@ def write_gmt(
     Parameters
     ----------
     library
-        A :class:`GeneSetLibrary` or a mapping ``set name -> genes``.
+        A :class:`~sctopic.genesets.library.GeneSetLibrary` (anything with a ``records()``
+        method) or a mapping ``set name -> genes``.
     path
         Output file.
     descriptions
@@ -118,7 +104,7 @@ def write_gmt(
         The path written.
     """
     path = Path(path)
-    if isinstance(library, GeneSetLibrary):
+    if hasattr(library, "records"):
         records: Iterable[tuple[str, str, Sequence[str]]] = library.records()
     else:
         descriptions = descriptions or {}

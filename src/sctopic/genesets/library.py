@@ -3,24 +3,27 @@
 :class:`GeneSetLibrary` holds a whole collection over its own gene universe;
 :meth:`GeneSetLibrary.match` projects it onto a dataset's gene list, giving a
 :class:`MatchedLibrary` whose incidence columns are the dataset's genes in dataset order,
-plus a :class:`MatchReport` saying how well the two fit.
+plus a :class:`MatchReport` saying how well the two fit. :func:`read_gmt` reads a library from
+a GMT file; :func:`gene_id_kind` tells symbols from Ensembl and Entrez IDs.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
 from sctopic.errors import InputError
+from sctopic.genesets.gmt import PathLike, iter_gmt, write_gmt
 
 _ENSEMBL = re.compile(r"^ENS[A-Z]*[GTP]\d{6,}(\.\d+)?$", re.IGNORECASE)
 _NUMERIC = re.compile(r"^\d+$")
 
 
-def _id_kind(names: Sequence[str]) -> str:
+def gene_id_kind(names: Sequence[str]) -> str:
     """Guess the identifier type of a gene list: 'ensembl', 'entrez' or 'symbol'."""
     sample = [str(g) for g in names[:2000]]
     if not sample:
@@ -148,8 +151,6 @@ class GeneSetLibrary:
 
     def to_gmt(self, path) -> None:
         """Write the library as GMT (gzip if ``path`` ends in ``.gz``)."""
-        from sctopic.genesets.gmt import write_gmt
-
         write_gmt(self, path)
 
     # ----------------------------------------------------------------- matching
@@ -275,7 +276,7 @@ class GeneSetLibrary:
         )
 
     def _no_match_message(self, genes: list[str], n_found: int, coverage: float) -> str:
-        data_kind, lib_kind = _id_kind(genes), _id_kind(self.genes.tolist())
+        data_kind, lib_kind = gene_id_kind(genes), gene_id_kind(self.genes.tolist())
         head = (
             f"only {n_found} of {len(genes)} dataset genes ({coverage:.1%}) are in gene-set "
             f"library {self.name!r}"
@@ -298,6 +299,25 @@ class GeneSetLibrary:
             f"{head} (dataset e.g. {ex_data}; library e.g. {ex_lib}); check the species "
             "(use go_bp_mouse for mouse data) and that both use the same kind of gene identifier"
         )
+
+
+def read_gmt(path: PathLike, name: str | None = None) -> GeneSetLibrary:
+    """Read a GMT file (plain or ``.gz``) into a :class:`GeneSetLibrary`.
+
+    Parameters
+    ----------
+    path
+        File to read.
+    name
+        Library name used in reports; defaults to the file name without extensions.
+    """
+    path = Path(path)
+    records = list(iter_gmt(path))
+    if not records:
+        raise InputError(f"gene-set file {str(path)!r} contains no gene sets")
+    if name is None:
+        name = path.name.split(".gmt")[0] if ".gmt" in path.name else path.stem
+    return GeneSetLibrary.from_records(records, name=name)
 
 
 @dataclass(frozen=True)

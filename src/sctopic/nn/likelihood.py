@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from sctopic.nn.precision import autocast_dtype
-from sctopic.nn.sparse import csr_row_ids, csr_row_sums, row_sums
+from sctopic.utils.sparse import csr_row_ids, csr_row_sums, row_sums
 
 
 def multinomial_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Choosing the torch device."""
+"""Choosing the torch device (used by training and by the foundation-model adapters)."""
 from __future__ import annotations
 
 import torch
