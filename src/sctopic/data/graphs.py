@@ -9,11 +9,12 @@ graph, and we report component counts before and after.
 
 Scale (10^4 to 10^6+ cells). Nothing here allocates anything ``n x n`` or ``n x k x k``:
 
-* kNN search: exact up to :data:`EXACT_KNN_MAX_CELLS` cells (scikit-learn's brute force,
-  which computes distances tile by tile and keeps a running top-k, called on chunks of
-  ``chunk_rows`` query rows so its outputs are bounded too); pynndescent above (approximate,
-  recall about 0.97 at k = 15 on 50 PCs of real PBMCs; measured in
-  ``benchmarks/results/graph_scale.md``).
+* kNN search: :func:`sctopic.data.neighbors.knn` (exact chunked brute force up to
+  :data:`~sctopic.data.neighbors.EXACT_MAX_CELLS` cells, pynndescent above: recall about 0.97 at
+  k = 15 on 50 PCs of real PBMCs, measured in ``benchmarks/results/graph_scale.md``).
+  ``k`` here is the paper's: ``k`` *other* cells, so the search asks for ``k + 1`` (which counts
+  the cell itself) and drops column 0. SCE2TM's ``n_neighbors=15`` is this ``k``, i.e. 15 other
+  cells, whereas the clustering evaluation's ``k = 15`` counts the cell (scanpy's convention).
 * Mutual kNN: for each chunk of cells, whether each neighbour lists the cell back
   (``ind[ind[chunk]] == cell``), giving the mutual edges straight from the kNN lists.
 * Spanning forest: scipy's Kruskal on the ``k n``-edge directed kNN graph (each stored edge is
@@ -37,140 +38,16 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
+from sctopic.data import neighbors as _neighbors  # not `import knn`: graphs.knn was k *other* cells
+from sctopic.data.neighbors import EXACT_CHUNK_ROWS, EXACT_MAX_CELLS, index_dtype, uses_exact_search
 from sctopic.errors import InputError
 
 log = logging.getLogger(__name__)
 
-#: Up to this many cells the kNN search is exact (brute force is fast and deterministic there).
-EXACT_KNN_MAX_CELLS = 20_000
 #: Default cap on the padded neighbour list of one cell (see the module docstring).
 MAX_NEIGHBOURS = 64
-#: Query rows per call of the exact search (outputs ``chunk x (k+1)``; sklearn tiles inside).
-EXACT_CHUNK_ROWS = 8192
 #: Cells per chunk of the mutual-neighbour check (a ``chunk x k x k`` temporary).
 _MUTUAL_CHUNK = 1 << 16
-
-
-def _index_dtype(n: int):
-    return np.int32 if n < np.iinfo(np.int32).max else np.int64
-
-
-def knn_exact(
-    X: np.ndarray,
-    k: int = 15,
-    queries: np.ndarray | None = None,
-    chunk_rows: int = EXACT_CHUNK_ROWS,
-    n_jobs: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact Euclidean ``k + 1`` nearest rows of ``X`` for each query row, chunked.
-
-    ``queries`` are row indices of ``X`` (default: all rows). The result includes the query
-    itself (normally in column 0); :func:`knn` removes it. scikit-learn's brute-force search
-    is run on ``chunk_rows`` query rows at a time; it computes the distances in tiles with a
-    running top-k, so memory is ``O(chunk_rows * k)`` plus small per-thread tiles, never
-    ``n x n``.
-
-    Returns
-    -------
-    indices, distances
-        ``(q, k + 1)`` int32 (int64 above 2^31 cells) and float32 arrays sorted by distance.
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    n = X.shape[0]
-    q = np.arange(n) if queries is None else np.asarray(queries)
-    k1 = int(min(k + 1, n))
-    nn = NearestNeighbors(n_neighbors=k1, algorithm="brute", n_jobs=n_jobs).fit(X)
-    ind = np.empty((len(q), k1), dtype=_index_dtype(n))
-    dist = np.empty((len(q), k1), dtype=np.float32)
-    step = max(1, int(chunk_rows))
-    for a in range(0, len(q), step):
-        d, i = nn.kneighbors(X[q[a : a + step]])
-        ind[a : a + step] = i
-        dist[a : a + step] = d
-    return ind, dist
-
-
-def _knn(X, k, seed, exact, n_jobs, chunk_rows) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`knn` with int32 indices (the graph builders' internal form)."""
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    n = X.shape[0]
-    if X.ndim != 2:
-        raise InputError(f"the representation must be 2-d (cells x dimensions), got {X.shape}.")
-    if n < 2:
-        raise InputError("at least 2 cells are needed to build a neighbour graph.")
-    if not np.isfinite(X).all():
-        raise InputError("the representation has NaN or infinite values.")
-    k = int(min(k, n - 1))
-    if exact is None:
-        exact = n <= EXACT_KNN_MAX_CELLS
-    if exact:
-        ind, dist = knn_exact(X, k, chunk_rows=chunk_rows, n_jobs=n_jobs)
-    else:
-        from pynndescent import NNDescent
-
-        index = NNDescent(
-            X, n_neighbors=k + 1, random_state=seed, n_jobs=n_jobs, low_memory=True,
-            compressed=True,
-        )
-        ind, dist = index.neighbor_graph
-        del index
-        ind = ind.astype(_index_dtype(n), copy=False)
-        dist = dist.astype(np.float32, copy=False)
-    return _drop_self(ind, dist, k)
-
-
-def knn(
-    X: np.ndarray,
-    k: int = 15,
-    seed: int = 0,
-    exact: bool | None = None,
-    n_jobs: int | None = None,
-    chunk_rows: int = EXACT_CHUNK_ROWS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest neighbours (Euclidean) of every row of ``X``, excluding the row itself.
-
-    Parameters
-    ----------
-    X
-        ``(n, d)`` dense representation.
-    k
-        Number of neighbours.
-    seed
-        Seed of the approximate search.
-    exact
-        Force exact (True) or approximate pynndescent (False) search; by default exact up to
-        :data:`EXACT_KNN_MAX_CELLS` cells.
-    n_jobs
-        Threads for the search (default: library default, i.e. all of OMP/NUMBA_NUM_THREADS).
-    chunk_rows
-        Query rows per call of the exact search (see :func:`knn_exact`).
-
-    Returns
-    -------
-    indices, distances
-        ``(n, k)`` int64 and float32 arrays, sorted by distance.
-    """
-    ind, dist = _knn(X, k, seed, exact, n_jobs, chunk_rows)
-    return ind.astype(np.int64), dist
-
-
-def _drop_self(ind: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each row's own index (or, with exact duplicates, its last neighbour)."""
-    n = ind.shape[0]
-    is_self = ind == np.arange(n, dtype=ind.dtype)[:, None]
-    # Rows where self was not returned (duplicate points): drop the last column instead.
-    no_self = ~is_self.any(axis=1)
-    is_self[no_self, -1] = True
-    # Keep the first occurrence only, if self appears twice (should not happen).
-    first = np.argmax(is_self, axis=1)
-    del is_self
-    keep = np.ones(ind.shape, dtype=bool)
-    keep[np.arange(n), first] = False
-    out_i = ind[keep].reshape(n, -1)[:, :k]
-    out_d = dist[keep].reshape(n, -1)[:, :k]
-    return np.ascontiguousarray(out_i), np.ascontiguousarray(out_d)
 
 
 def knn_matrix(ind: np.ndarray, values: np.ndarray | None = None) -> sp.csr_matrix:
@@ -180,7 +57,7 @@ def knn_matrix(ind: np.ndarray, values: np.ndarray | None = None) -> sp.csr_matr
     duplicates summed) with int32 indices when the cell count allows.
     """
     n, k = ind.shape
-    idt = _index_dtype(max(n, n * k))
+    idt = index_dtype(max(n, n * k))
     data = np.ones(n * k, dtype=np.float32) if values is None else values.ravel().astype(np.float32)
     indptr = np.arange(0, n * k + 1, k, dtype=idt)
     A = sp.csr_matrix((data, ind.ravel().astype(idt, copy=False), indptr), shape=(n, n))
@@ -221,10 +98,10 @@ def _dedupe_rows(ind: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def mutual_knn(ind: np.ndarray) -> sp.csr_matrix:
     """Symmetric 0/1 adjacency of mutual nearest neighbours (j in kNN(i) and i in kNN(j))."""
     n, k = ind.shape
-    ind = np.asarray(ind).astype(_index_dtype(n), copy=False)
+    ind = np.asarray(ind).astype(index_dtype(n), copy=False)
     mask = _dedupe_rows(ind, _mutual_mask(ind))
     deg = mask.sum(axis=1)
-    idt = _index_dtype(max(n, int(deg.sum())))
+    idt = index_dtype(max(n, int(deg.sum())))
     indptr = np.zeros(n + 1, dtype=idt)
     np.cumsum(deg, out=indptr[1:])
     M = sp.csr_matrix((np.ones(int(indptr[-1]), np.float32), ind[mask].astype(idt, copy=False),
@@ -242,7 +119,7 @@ def _forest_edges(ind: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.nda
     W = sp.csr_matrix((W.data.astype(np.float64), W.indices, W.indptr), shape=W.shape)
     T = minimum_spanning_tree(W, overwrite=True).tocoo()
     del W
-    idt = _index_dtype(n)
+    idt = index_dtype(n)
     return T.row.astype(idt), T.col.astype(idt), T.data.astype(np.float32)
 
 
@@ -296,7 +173,7 @@ def padded_neighbours(
         raise InputError(f"max_neighbours must be >= 1, got {max_neighbours}.")
     starts = adj.indptr[:-1].astype(np.int64)
     # Position of every stored entry inside its row.
-    rows = np.repeat(np.arange(n, dtype=_index_dtype(n)), deg)
+    rows = np.repeat(np.arange(n, dtype=index_dtype(n)), deg)
     pos = np.arange(adj.nnz, dtype=np.int64) - np.repeat(starts, deg)
     over = np.flatnonzero(deg > cap)
     if len(over):
@@ -330,14 +207,17 @@ def build_graph(
         ``(n, d)`` representation of the cells (e.g. 50 PCs of log-normalised expression, or an
         external embedding).
     k
-        Neighbours per cell for the kNN search (15 as in the paper).
+        Nearest *other* cells per cell for the kNN search (15 as in the paper); the search
+        asks :func:`~sctopic.data.neighbors.knn` for ``k + 1``, which counts the cell itself.
     seed
         Seed of the approximate search for large ``n``.
     connect
         Add the spanning-forest edges (recommended). Without it, cells with no mutual
         neighbour get their nearest neighbour as the only neighbour.
     exact
-        See :func:`knn`.
+        Exact or approximate search; default exact up to
+        :data:`~sctopic.data.neighbors.EXACT_MAX_CELLS` cells (see
+        :func:`~sctopic.data.neighbors.knn`).
     max_neighbours
         Cap on each cell's padded neighbour list (its nearest are kept); ``adjacency`` is
         not capped. See the module docstring.
@@ -347,10 +227,13 @@ def build_graph(
     if int(max_neighbours) < 1:
         raise InputError(f"max_neighbours must be >= 1, got {max_neighbours}.")
     t = time.perf_counter()
-    ind, dist = _knn(X, k, seed, exact, n_jobs, EXACT_CHUNK_ROWS)
+    ind, dist = _neighbors.knn(X, k + 1, exact=exact, seed=seed, n_jobs=n_jobs)
+    if len(ind) < 2:
+        raise InputError("at least 2 cells are needed to build a neighbour graph.")
+    ind, dist = np.ascontiguousarray(ind[:, 1:]), np.ascontiguousarray(dist[:, 1:])  # drop the cell
     t_knn = time.perf_counter() - t
     g = graph_from_knn(ind, dist, connect=connect, max_neighbours=max_neighbours)
-    g.stats["exact"] = bool(X.shape[0] <= EXACT_KNN_MAX_CELLS if exact is None else exact)
+    g.stats["exact"] = uses_exact_search(len(ind), exact)
     g.stats["seconds"] = {"knn": round(t_knn, 3), **g.stats["seconds"]}
     return g
 
@@ -367,7 +250,7 @@ def graph_from_knn(
     """
     if int(max_neighbours) < 1:
         raise InputError(f"max_neighbours must be >= 1, got {max_neighbours}.")
-    ind = np.ascontiguousarray(ind).astype(_index_dtype(ind.shape[0]), copy=False)
+    ind = np.ascontiguousarray(ind).astype(index_dtype(ind.shape[0]), copy=False)
     dist = np.ascontiguousarray(dist, dtype=np.float32)
     n, kk = ind.shape
     secs = {}
@@ -380,7 +263,7 @@ def graph_from_knn(
     w_m = dist[mask]
     del mask
     n_mutual_edges = len(r_m) // 2
-    idt = _index_dtype(max(n, len(r_m)))
+    idt = index_dtype(max(n, len(r_m)))
     indptr = np.zeros(n + 1, dtype=idt)
     np.cumsum(mdeg, out=indptr[1:])
     M = sp.csr_matrix((np.ones(len(c_m), np.float32), c_m, indptr), shape=(n, n))
@@ -443,7 +326,7 @@ def _union(n: int, *edge_sets) -> tuple[sp.csr_matrix, np.ndarray]:
     first[1:] = key[1:] != key[:-1]
     key, w = key[first], w[first]
     del first
-    idt = _index_dtype(max(n, len(key)))
+    idt = index_dtype(max(n, len(key)))
     indptr = np.zeros(n + 1, dtype=idt)
     np.cumsum(np.bincount(key // n, minlength=n), out=indptr[1:])
     indices = (key % n).astype(idt)

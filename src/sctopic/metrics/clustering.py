@@ -86,7 +86,7 @@ def cluster_sweep(
         plain ``"connectivity"``.  See :func:`sctopic.metrics.neighbors.neighbor_graph`.
     exact
         Exact or approximate (pynndescent) neighbour search; default exact up to 50,000
-        cells (see :data:`sctopic.metrics.neighbors.EXACT_MAX_CELLS`).
+        cells (see :data:`sctopic.data.neighbors.EXACT_MAX_CELLS`).
     n_iterations
         Leiden passes per resolution (default 2; negative: until no improvement).
     backend

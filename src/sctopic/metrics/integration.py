@@ -9,7 +9,7 @@ from scipy.stats import chi2
 from sklearn.metrics import silhouette_samples, silhouette_score
 
 from sctopic.metrics._labels import check_length, encode
-from sctopic.metrics.neighbors import _as_dense, knn
+from sctopic.data.neighbors import as_points, knn
 
 
 def _subsample(n: int, max_cells: int | None, seed: int) -> np.ndarray:
@@ -38,7 +38,7 @@ def silhouette(embedding, labels, *, max_cells: int | None = 20000, seed: int = 
         ``asw``: (asw_raw + 1) / 2, in [0, 1] as in scib (higher = types better separated);
         ``n_cells_scored``.  Both ``None`` when there are fewer than two types.
     """
-    x = _as_dense(embedding)
+    x = as_points(embedding)
     check_length(x.shape[0], (labels, "labels"))
     y, cats = encode(labels)
     idx = _subsample(len(y), max_cells, seed)
@@ -62,7 +62,7 @@ def batch_asw(embedding, labels, batches, *, max_cells_per_type: int | None = 20
         ``batch_asw`` (``None`` when no type could be scored) and ``per_type``
         (type -> score).
     """
-    x = _as_dense(embedding)
+    x = as_points(embedding)
     check_length(x.shape[0], (labels, "labels"), (batches, "batches"))
     y, types = encode(labels, "labels")
     b, _ = encode(batches, "batches")
@@ -106,7 +106,7 @@ def kbet(
         ``rejection_rate`` = 1 - kbet; ``k``; ``n_batches``.  ``kbet`` is ``None`` with
         fewer than two batches.
     """
-    x = _as_dense(embedding)
+    x = as_points(embedding)
     n = x.shape[0]
     check_length(n, (batches, "batches"))
     b, cats = encode(batches, "batches")
