@@ -12,7 +12,7 @@ import sctopic
 from sctopic.errors import InputError
 from sctopic.nn.decoder import LinearTopicDecoder
 from sctopic.nn.scetm import SCETMModule, confusion_loss, kl_standard_normal, library_normalize
-from sctopic.nn.sparse import dense_to_csr
+from sctopic.utils.sparse import dense_to_csr
 
 
 def _with_batches(adata, n=3, seed=0):

@@ -142,7 +142,7 @@ def ecr_plan(C, a, b):
 def test_implicit_gradient_with_unequal_marginals_equals_unrolled_limit():
     # ECR uses uniform masses; the backward is written for any (a, b), and its rescaling by
     # b^-1/2 only shows with unequal ones.
-    from sctopic.nn.sinkhorn import _TransportCost
+    from sctopic.nn.sinkhorn import TransportCost
 
     C, _, _ = _problem(K=5, V=30, seed=8)
     g = torch.Generator().manual_seed(9)
@@ -154,5 +154,5 @@ def test_implicit_gradient_with_unequal_marginals_equals_unrolled_limit():
     (g_unrolled,) = torch.autograd.grad((plan_u * C1).sum(), C1)
     plan = sinkhorn_stabilized(C, a, b, eps=0.05, tol=1e-13, max_iter=100000)[0]
     C2 = C.clone().requires_grad_(True)
-    (g_implicit,) = torch.autograd.grad(_TransportCost.apply(C2, plan, a, b, 0.05), C2)
+    (g_implicit,) = torch.autograd.grad(TransportCost.apply(C2, plan, a, b, 0.05), C2)
     np.testing.assert_allclose(g_implicit.numpy(), g_unrolled.numpy(), atol=1e-7, rtol=1e-5)

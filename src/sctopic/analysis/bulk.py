@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctopic.analysis._inputs import _is_model, topic_names_of
+from sctopic.analysis.inputs import is_model, topic_names_of
 from sctopic.errors import InputError
 
 METHODS = ("weighted_zscore",)
@@ -24,11 +24,11 @@ def topic_gene_matrix(model_or_topic_gene) -> tuple[pd.DataFrame, str]:
     if isinstance(model_or_topic_gene, pd.DataFrame):
         frame = model_or_topic_gene
         scale = "logits" if (frame.to_numpy(dtype=float) < 0).any() else "weights"
-    elif _is_model(model_or_topic_gene):
+    elif is_model(model_or_topic_gene):
         frame = model_or_topic_gene.get_topic_gene()
         scale = "logits" if model_or_topic_gene.model_name == "scetm" else "weights"
     else:
-        from sctopic.metrics.results import model_outputs, read_result
+        from sctopic.data.outputs import model_outputs, read_result
 
         adata = read_result(model_or_topic_gene)
         out = model_outputs(adata)

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from sctopic.analysis._inputs import obs_labels, topic_activity
+from sctopic.analysis.inputs import obs_labels, topic_activity
 from sctopic.errors import InputError
 from sctopic.genesets.stats import bh_fdr
 

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from sctopic.analysis._inputs import obs_labels, resolve_topics
+from sctopic.analysis.inputs import obs_labels, resolve_topics
 from sctopic.analysis.decode import decode_expression, log_normalised, softmax
 from sctopic.analysis.differential import differential_activity
 from sctopic.errors import InputError
@@ -272,7 +272,8 @@ def perturb_topics(
     from sctopic.data.counts import get_counts
     from sctopic.data.io import read_adata
 
-    model._check_trained()
+    if not model.is_trained:
+        raise InputError(f"the {type(model).__name__} model is not trained yet; call .train() first.")
     if isinstance(shift, str) and shift not in SHIFTS:
         raise InputError(f"shift must be one of {SHIFTS} or a number, got {shift!r}.")
     if null_shift not in NULL_SHIFTS:

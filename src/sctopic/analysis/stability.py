@@ -368,7 +368,7 @@ def topic_stability(
     adata = read_adata(adata)
     label_values = None
     if labels is not None:
-        from sctopic.analysis._inputs import obs_labels
+        from sctopic.analysis.inputs import obs_labels
 
         label_values = obs_labels(adata, labels, "labels").to_numpy(dtype=object)
     library = None

@@ -1,7 +1,7 @@
 """The models a benchmark can run, behind one interface.
 
 Each model kind turns (dataset, method settings, seed) into a result AnnData that follows the
-contract of :mod:`sctopic.metrics.results`, so :func:`sctopic.metrics.evaluate` scores every
+contract of :mod:`sctopic.data.outputs`, so :func:`sctopic.metrics.evaluate` scores every
 method the same way. torch and scvi-tools are imported inside the fit functions only.
 
 * ``sce2tm``, ``scetm``: sctopic's models; gene selection by the model (``n_top_genes`` =
@@ -88,7 +88,7 @@ def check_dataset_fields(spec: DatasetSpec, obs_columns, layers) -> None:
 class FitResult:
     """What a model run hands to evaluation and to the results table."""
 
-    adata: Any  #: result AnnData following the contract of sctopic.metrics.results
+    adata: Any  #: result AnnData following the contract of sctopic.data.outputs
     model_key: str | None  #: ``uns['sctopic']['model']`` of the result (None: no topics)
     use_rep: str | None  #: obsm key to cluster (None: the model's theta)
     n_genes: int
@@ -166,11 +166,12 @@ class SctopicModel(ModelKind):
             return f"sctopic.{self.class_name} is not available ({type(exc).__name__}: {exc})"
         return None
 
-    def _train_names(self) -> tuple[set[str], bool]:
-        return _keywords(self.model_class().train, _RUNNER_TRAIN)
+    def train_names(self) -> tuple[set[str], bool]:
+        """The model's ``train()`` keywords (run options included) minus the runner's own."""
+        return self.model_class().train_arguments() - _RUNNER_TRAIN, False
 
     def train_kwargs(self, global_train: dict, method: MethodSpec) -> dict:
-        names, var_kw = self._train_names()
+        names, var_kw = self.train_names()
         out = {k: v for k, v in global_train.items() if var_kw or k in names}
         out.update(method.train)
         return out
@@ -180,7 +181,7 @@ class SctopicModel(ModelKind):
         names, var_kw = _keywords(cls.__init__, _RUNNER_INIT)
         _check_keys(method.params, names, var_kw, f"methods.{method.name}.params",
                     "parameter(s)", cls.__name__)
-        names, var_kw = self._train_names()
+        names, var_kw = self.train_names()
         for key in _RUNNER_TRAIN & set(method.train):
             raise InputError(f"methods.{method.name}.train.{key}: is set by the runner")
         _check_keys(method.train, names, var_kw, f"methods.{method.name}.train",
@@ -374,7 +375,7 @@ def check_global_train(global_train: dict) -> None:
     known: set[str] = set()
     for kind in MODEL_KINDS.values():
         if isinstance(kind, SctopicModel) and kind.unavailable() is None:
-            names, var_kw = kind._train_names()
+            names, var_kw = kind.train_names()
             if var_kw:
                 return
             known |= names

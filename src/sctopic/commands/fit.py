@@ -11,39 +11,65 @@ from sctopic.commands.common import nonneg_int, positive_int, prepare_out_dir, w
 ECR_GRADS = ("implicit", "envelope", "unrolled")
 
 MODELS = ("sce2tm", "scetm")
+_CLASSES = {"sce2tm": "SCE2TM", "scetm": "SCETM"}
 
-#: Per-model defaults of the shared training flags (each package's published defaults).
-TRAIN_DEFAULTS = {
-    "sce2tm": {"max_epochs": 500, "batch_size": 512, "lr": 1e-3},
-    "scetm": {"max_epochs": 800, "batch_size": 2000, "lr": 5e-3},
-}
+#: CLI destination -> model parameter, for flags whose default is the model's own.
+_MODEL_PARAMS = {"n_topics": "n_topics", "n_hvg": "n_top_genes", "seed": "seed", "ecr_weight": "ecr_weight",
+                 "ecr_grad": "ecr_grad", "encoder_input": "encoder_input", "max_epochs": "max_epochs",
+                 "batch_size": "batch_size", "lr": "lr"}
+
+
+def model_defaults(model: str) -> dict:
+    """The defaults of a model's constructor and ``train()`` (one set for the CLI and Python)."""
+    import inspect
+
+    import sctopic
+
+    cls = getattr(sctopic, _CLASSES[model])
+    out = {}
+    for fn in (cls.__init__, cls.train):
+        for name, par in inspect.signature(fn).parameters.items():
+            if par.default is not inspect.Parameter.empty:
+                out[name] = par.default
+    return out
+
+
+def resolve_defaults(args, model: str) -> None:
+    """Fill every flag left at None with the model's default (``--n-hvg 0`` keeps all genes)."""
+    defaults = model_defaults(model)
+    for dest, param in _MODEL_PARAMS.items():
+        if getattr(args, dest, None) is None and param in defaults:
+            value = defaults[param]
+            setattr(args, dest, 0 if dest == "n_hvg" and value is None else value)
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-topics", type=positive_int, default=100, help="number of topics (default 100)")
+    """Training flags; those defaulting to None take the chosen model's default."""
+    p.add_argument("--n-topics", type=positive_int, default=None, help="number of topics (default: the model's, 100)")
     p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
     p.add_argument("--external-key", "--external", dest="external_key", default=None,
                    help="sce2tm: external view: an obsm key, 'pca' (default), 'random', 'go', "
                         "'scgpt:DIR' or 'geneformer:DIR'")
     p.add_argument("--batch-key", default=None,
                    help="obs column of batches: per-batch gene intercepts in the decoder")
-    p.add_argument("--n-hvg", type=nonneg_int, default=5000,
-                   help="highly variable genes to keep (default 5000; 0 keeps all)")
+    p.add_argument("--n-hvg", type=nonneg_int, default=None,
+                   help="highly variable genes to keep (default: the model's n_top_genes, 5000; 0 keeps all)")
     p.add_argument("--max-epochs", type=positive_int, default=None,
-                   help="epochs (default 500 for sce2tm, 800 for scetm)")
+                   help="epochs (default: the model's; 500 for sce2tm, 800 for scetm)")
     p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="cells per minibatch (default 512 for sce2tm, 2000 for scetm)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 sce2tm, 5e-3 scetm)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+                   help="cells per minibatch (default: the model's; 512 for sce2tm, 2000 for scetm)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: the model's; 1e-3 for sce2tm, 5e-3 for scetm)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the model's, 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
-    p.add_argument("--ecr-weight", type=float, default=100.0, help="ECR weight lambda (0: w/o ECR)")
+    p.add_argument("--ecr-weight", type=float, default=None, help="ECR weight lambda (default: the model's, 100; 0: w/o ECR)")
     p.add_argument("--no-cross-view", action="store_true", help="disable the Cross-view Encoder (w/o CVE)")
     p.add_argument("--external-concat", action="store_true",
                    help="concatenate the external view to the encoder input (w/ EC ablation)")
-    p.add_argument("--ecr-grad", choices=ECR_GRADS, default="implicit",
-                   help="gradient of ECR through the Sinkhorn plan (default implicit)")
-    p.add_argument("--encoder-input", choices=("counts", "log1p"), default="counts",
-                   help="encoder input: raw counts (reference) or log1p of normalised counts")
+    p.add_argument("--ecr-grad", choices=ECR_GRADS, default=None,
+                   help="gradient of ECR through the Sinkhorn plan (default: the model's, implicit)")
+    p.add_argument("--encoder-input", choices=("counts", "log1p"), default=None,
+                   help="encoder input: raw counts (reference, the model's default) or log1p of normalised counts")
     p.add_argument("--adversarial", action="store_true",
                    help="scetm: batch discriminator on the topic logits (scETM+adv; needs --batch-key)")
     p.add_argument("--gene-sets", default=None,
@@ -93,8 +119,8 @@ def add_distributed_args(p: argparse.ArgumentParser) -> None:
                         "on the CPU), gloo or nccl")
 
 
-SCE2TM_ONLY = {"external_key": None, "ecr_weight": 100.0, "no_cross_view": False,
-               "external_concat": False, "ecr_grad": "implicit", "encoder_input": "counts"}
+SCE2TM_ONLY = {"external_key": None, "ecr_weight": None, "no_cross_view": False,
+               "external_concat": False, "ecr_grad": None, "encoder_input": None}
 SCETM_ONLY = {"adversarial": False, "gene_sets": None}
 
 
@@ -116,8 +142,8 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     name = getattr(args, "model", "sce2tm") or "sce2tm"
     _check_flags(args, name)
-    train = {k: getattr(args, k, None) for k in TRAIN_DEFAULTS[name]}
-    train = {k: TRAIN_DEFAULTS[name][k] if v is None else v for k, v in train.items()}
+    resolve_defaults(args, name)
+    train = {k: getattr(args, k) for k in ("max_epochs", "batch_size", "lr")}
     batch_key = getattr(args, "batch_key", None)
     backed = bool(getattr(args, "backed", False))
     if backed:
@@ -148,12 +174,13 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
         train["storage"] = "dense"
     model.train(**train, device=args.device, seed=args.seed, progress=progress,
                 checkpoint_path=ckpt, checkpoint_every=every, resume=resume, distributed=backend)
-    settings = {**model._init_kwargs, **model.train_settings_}
+    settings = {**model.init_params, **model.train_settings_}
     dist_info = settings.pop("distributed", None)
     if not _is_main_process():  # under torchrun only rank 0 writes
         return {"model": model.model_name, "rank": _rank(), "distributed": dist_info}
     model.save(out / "model.pt")
     from sctopic.data.io import write_h5ad_atomic
+    from sctopic.data.outputs import logits_key, theta_key
 
     if backed:
         from sctopic.data.io import write_backed_result
@@ -170,7 +197,7 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
         "n_cells": int(model.adata.n_obs),
         "n_genes": len(model.genes),
         "settings": settings,
-        "external_view": model._init_kwargs.get("external_key"),
+        "external_view": model.init_params.get("external_key"),
         "batch_key": batch_key,
         "batches": list(model.batch_categories_),
         "graphs": model.graph_stats_,
@@ -180,7 +207,7 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
         "final_losses": {k: v[-1] for k, v in hist.items() if k not in ("epoch_seconds", "lr")},
         "distributed": dist_info,
         "outputs": {"model": str(out / "model.pt"), "result": str(out / "result.h5ad"),
-                    "obsm_theta": f"X_{model.model_name}", "obsm_logits": f"X_{model.model_name}_logits"},
+                    "obsm_theta": theta_key(model.model_name), "obsm_logits": logits_key(model.model_name)},
     }
     write_json(report, out / "train.json")
     if ckpt is not None and ckpt.exists():

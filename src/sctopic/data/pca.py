@@ -42,7 +42,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from sctopic.data.counts import log_normalize
+from sctopic.data.counts import log_normalize, pca_embedding
 from sctopic.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -289,3 +289,11 @@ def _fit_randomized(blocks, V: int, n_comps: int, seed: int, n_iter: int, oversa
     order = np.argsort(evals)[::-1][:c]
     comps = (Q @ U[:, order]).T
     return mean, np.ascontiguousarray(comps), np.maximum(evals[order], 0.0), total_var, n
+
+
+def pca_of_counts(X, n_comps: int = 50, seed: int = 0) -> np.ndarray:
+    """``n_comps`` PCs of log-normalised counts: :func:`~sctopic.data.counts.pca_embedding` in
+    memory, :func:`pca_blocks` in passes over a backed matrix (anything with ``iter_blocks``)."""
+    if hasattr(X, "iter_blocks"):
+        return pca_blocks(lambda: (b for _, _, b in X.iter_blocks()), X.shape[1], n_comps)
+    return pca_embedding(X, n_comps, seed)

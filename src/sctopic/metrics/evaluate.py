@@ -23,7 +23,7 @@ from sctopic.metrics.interpretability import (
     topic_diversity_exclusive,
     topic_quality,
 )
-from sctopic.metrics.results import model_outputs, read_result
+from sctopic.data.outputs import model_outputs, read_result
 
 #: gene-set library used when none is given (first entry drives the flat keys)
 DEFAULT_GENESETS: tuple[str, ...] = ("go_bp_human",)
@@ -51,22 +51,23 @@ def _obs_column(adata, key, what: str):
     return values
 
 
-def _jsonable(x):
-    """Plain Python types; NaN and infinities become None."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
+def jsonable(obj):
+    """``obj`` as plain Python data for :func:`json.dumps`.
+
+    Dict keys become strings, tuples and arrays lists, numpy scalars Python scalars, and NaN
+    and infinities ``None``; anything else is returned as it is.
+    """
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def evaluate(
@@ -98,7 +99,7 @@ def evaluate(
     ----------
     adata_or_dir
         A model output directory holding ``result.h5ad``, an ``.h5ad`` path, or an AnnData
-        following the contract in :mod:`sctopic.metrics.results`.
+        following the contract in :mod:`sctopic.data.outputs`.
     labels
         obs column (or array) of cell types; ``None`` leaves label metrics null.
         Cells with a missing label are left out of label metrics.
@@ -275,7 +276,7 @@ def evaluate(
     )
     seconds["total"] = round(time.perf_counter() - t_start, 4)
     res["seconds"] = seconds
-    return _jsonable(res)
+    return jsonable(res)
 
 
 def _score_library(

@@ -1,7 +1,6 @@
 """Zero-shot transfer: embed new data with a trained model, genes aligned by name or ortholog."""
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -9,11 +8,10 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import torch
 
 from sctopic.data.io import read_adata
 from sctopic.errors import InputError
-from sctopic.models.base import FORMAT, BaseTopicModel
+from sctopic.models.base import BaseTopicModel, read_model_file
 
 #: model class name -> module holding it
 MODEL_CLASSES = {"SCE2TM": "sctopic.models.sce2tm", "SCETM": "sctopic.models.scetm"}
@@ -28,12 +26,8 @@ def load_model(path: str | os.PathLike, adata=None, device: str = "cpu") -> Base
         path = path / "model.pt"
     if not path.exists():
         raise InputError(f"no model file at {path}; pass the model.pt written by 'sctopic fit' or its directory.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        meta = json.loads(payload["meta"])
-    except Exception as exc:
-        raise InputError(f"{path} is not an sctopic model file: {str(exc).splitlines()[0][:200]}") from exc
-    if meta.get("format") != FORMAT or meta.get("class") not in MODEL_CLASSES:
+    meta, _ = read_model_file(path)
+    if meta.get("class") not in MODEL_CLASSES:
         raise InputError(f"{path} is not an sctopic model file (class {meta.get('class')!r}).")
     cls = getattr(import_module(MODEL_CLASSES[meta["class"]]), meta["class"])
     return cls.load(path, adata=adata, device=device)

@@ -5,14 +5,14 @@ Pure torch: no AnnData, no training loop. :class:`sctopic.SCE2TM` wraps it for u
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from sctopic.nn.base import TopicModule
 from sctopic.nn.crossview import cluster_contrastive_loss, consistency_loss, mean_entropy
 from sctopic.nn.decoder import EmbeddedTopicDecoder
 from sctopic.nn.encoder import ClusterHead, TopicEncoder, reparameterize
 from sctopic.nn.prior import kl_diag_gaussian, laplace_dirichlet_prior
 from sctopic.nn.sinkhorn import ECR
-from sctopic.nn.sparse import csr_head, csr_row_ids, csr_tensor, row_sums
+from sctopic.utils.sparse import csr_head, csr_row_ids, csr_tensor, row_sums
 
 ENCODER_INPUTS = ("counts", "log1p")
 
@@ -29,8 +29,8 @@ def transform_input(x: torch.Tensor, how: str) -> torch.Tensor:
     return torch.log1p(x * (1e4 / lib)[:, None])
 
 
-class SCE2TMModule(nn.Module):
-    """scE2TM network and losses.
+class SCE2TMModule(TopicModule):
+    """scE2TM network and losses (the module API of :mod:`sctopic.nn.base`).
 
     Parameters
     ----------
@@ -105,11 +105,13 @@ class SCE2TMModule(nn.Module):
             h = torch.cat([h, v], dim=1)
         return h
 
-    @torch.no_grad()
-    def infer(self, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
-        """Topic logits (posterior means, ``delta``) of cells ``x``; theta is their softmax."""
-        mu, _ = self.encoder(self.encoder_in(x, v))
-        return mu
+    def inference(self, x: torch.Tensor, v: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Posterior of cells ``x`` (dense or sparse CSR counts; ``v``: the external view, used
+        only with ``external_concat``): ``mu``, ``logvar`` (both batch-normalised), ``z`` (a
+        sample in training mode, else ``mu``) and ``theta = softmax(z)``."""
+        mu, logvar = self.encoder(self.encoder_in(x, v))
+        z = reparameterize(mu, logvar, self.training)
+        return {"mu": mu, "logvar": logvar, "z": z, "theta": torch.softmax(z, dim=1)}
 
     def forward(
         self,
@@ -120,7 +122,7 @@ class SCE2TMModule(nn.Module):
         batch: torch.Tensor | None = None,
         ecr_weight: float = 0.0,
     ) -> dict[str, torch.Tensor]:
-        """Losses for a minibatch.
+        """Losses for a minibatch: :meth:`inference` then :meth:`loss`.
 
         Parameters
         ----------
@@ -138,18 +140,29 @@ class SCE2TMModule(nn.Module):
         ecr_weight
             Weight lambda of the ECR term (0 disables the Sinkhorn solve).
         """
-        if self.cross_view:
-            if x_nb is not None:
-                x = torch.cat([x, x_nb], 0)
-            B = v.shape[0]
-            # One encoder pass for anchors and neighbours together (batch norm sees both).
-            mu_all, logvar_all = self.encoder(self.encoder_in(x))
-        else:
-            B = x.shape[0]
-            mu_all, logvar_all = self.encoder(self.encoder_in(x, v))
+        if self.cross_view and x_nb is not None:
+            x = torch.cat([x, x_nb], 0)
+        # With the CVE, one encoder pass for anchors and neighbours together (batch norm sees both).
+        posterior = self.inference(x, None if self.cross_view else v)
+        return self.loss(x, posterior, v=v, v_nb=v_nb, batch=batch, ecr_weight=ecr_weight)
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        posterior: dict[str, torch.Tensor],
+        v: torch.Tensor | None = None,
+        v_nb: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+        ecr_weight: float = 0.0,
+    ) -> dict[str, torch.Tensor]:
+        """Named loss terms of a minibatch and ``"loss"``, their weighted sum.
+
+        ``x`` and ``posterior`` cover the anchors and, with the CVE, their expression
+        neighbours after them (``v`` has one row per anchor); see :meth:`forward`.
+        """
+        mu_all, logvar_all, theta_all = posterior["mu"], posterior["logvar"], posterior["theta"]
+        B = v.shape[0] if self.cross_view else x.shape[0]
         x_anchor = x if x.shape[0] == B else (csr_head(x, B) if x.layout == torch.sparse_csr else x[:B])
-        z = reparameterize(mu_all, logvar_all, self.training)
-        theta_all = torch.softmax(z, dim=1)
         theta = theta_all[:B]
         kl = kl_diag_gaussian(mu_all[:B], logvar_all[:B], self.prior_mu, self.prior_var).mean()
 
@@ -174,3 +187,11 @@ class SCE2TMModule(nn.Module):
             loss = loss + distill + con - self.entropy_weight * ent
         out["loss"] = loss
         return out
+
+    def gene_embedding(self) -> torch.Tensor:
+        """``(V, L)`` gene embeddings."""
+        return self.decoder.gene_embedding
+
+    def topic_embedding(self) -> torch.Tensor:
+        """``(K, L)`` topic embeddings."""
+        return self.decoder.topic_embedding

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call
 
+from sctopic.nn.base import TopicModule
 from sctopic.nn.decoder import LinearTopicDecoder
 from sctopic.nn.encoder import BatchDiscriminator, NormalEncoder
-from sctopic.nn.sparse import csr_row_ids, csr_tensor, row_sums
+from sctopic.utils.sparse import csr_row_ids, csr_tensor, row_sums
 
 
 def library_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -34,8 +34,8 @@ def confusion_loss(logits: torch.Tensor) -> torch.Tensor:
     return -torch.log_softmax(logits, dim=1).mean(1).mean()
 
 
-class SCETMModule(nn.Module):
-    """scETM network and losses.
+class SCETMModule(TopicModule):
+    """scETM network and losses (the module API of :mod:`sctopic.nn.base`).
 
     Parameters
     ----------
@@ -58,18 +58,9 @@ class SCETMModule(nn.Module):
         the same) instead of raw counts.
     """
 
-    def __init__(
-        self,
-        n_genes: int,
-        n_topics: int,
-        n_hidden: int = 128,
-        emb_dim: int = 400,
-        dropout: float = 0.1,
-        fixed_rho: torch.Tensor | None = None,
-        n_batches: int = 0,
-        adversarial: bool = False,
-        normed_loss: bool = True,
-    ):
+    def __init__(self, n_genes: int, n_topics: int, n_hidden: int = 128, emb_dim: int = 400,
+                 dropout: float = 0.1, fixed_rho: torch.Tensor | None = None, n_batches: int = 0,
+                 adversarial: bool = False, normed_loss: bool = True):
         super().__init__()
         if adversarial and n_batches < 2:
             raise ValueError("the adversary needs at least 2 batches")
@@ -79,11 +70,23 @@ class SCETMModule(nn.Module):
                                           n_batches=n_batches)
         self.discriminator = BatchDiscriminator(n_topics, n_batches) if adversarial else None
 
-    @torch.no_grad()
-    def infer(self, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
-        """Topic logits ``delta`` (posterior means) of cells ``x``; theta is their softmax."""
-        mu, _ = self.encoder(library_normalize(x))
-        return mu
+    def inference(self, x: torch.Tensor, v: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Posterior of cells ``x`` (counts, dense or sparse CSR; ``v`` is unused): ``mu`` and
+        ``logsigma`` of delta, ``z`` (delta: a sample in training mode, else ``mu``), ``theta =
+        softmax(z)`` and ``x_normalized`` (the library-normalised counts the encoder saw)."""
+        xn = library_normalize(x)
+        mu, logsigma = self.encoder(xn)
+        delta = mu + torch.randn_like(mu) * torch.exp(logsigma) if self.training else mu
+        return {"mu": mu, "logsigma": logsigma, "z": delta, "theta": torch.softmax(delta, dim=1),
+                "x_normalized": xn}
+
+    def gene_embedding(self) -> torch.Tensor:
+        """``(V, L + P)`` gene embeddings (rho transposed; fixed pathway rows first)."""
+        return self.decoder.rho().T
+
+    def topic_embedding(self) -> torch.Tensor:
+        """``(K, L + P)`` topic embeddings alpha."""
+        return self.decoder.alpha
 
     def forward(
         self,
@@ -92,7 +95,7 @@ class SCETMModule(nn.Module):
         kl_weight: float = 1.0,
         adv_weight: float = 0.0,
     ) -> dict[str, torch.Tensor]:
-        """Losses for a minibatch.
+        """Losses for a minibatch: :meth:`inference` then :meth:`loss`.
 
         Parameters
         ----------
@@ -101,17 +104,26 @@ class SCETMModule(nn.Module):
         batch
             ``(B,)`` batch index of each cell (intercepts and adversary).
         kl_weight
-            Weight of the KL term (warmed up by the trainer).
+            Weight of the KL term (warmed up by the training plan).
         adv_weight
             Weight of the encoder's adversarial (confusion) loss; the discriminator itself is
             always trained when present, on a detached ``delta``.
         """
-        xn = library_normalize(x)
-        mu, logsigma = self.encoder(xn)
-        delta = mu + torch.randn_like(mu) * torch.exp(logsigma) if self.training else mu
-        theta = torch.softmax(delta, dim=1)
+        return self.loss(x, self.inference(x), batch=batch, kl_weight=kl_weight, adv_weight=adv_weight)
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        posterior: dict[str, torch.Tensor],
+        batch: torch.Tensor | None = None,
+        kl_weight: float = 1.0,
+        adv_weight: float = 0.0,
+    ) -> dict[str, torch.Tensor]:
+        """Named loss terms of a minibatch and ``"loss"``, their weighted sum (see :meth:`forward`)."""
+        mu, logsigma, delta, theta = posterior["mu"], posterior["logsigma"], posterior["z"], posterior["theta"]
         beta = self.decoder.beta()
-        recon = self.decoder.nll(xn if self.normed_loss else x, theta, beta, batch).mean()
+        target = posterior["x_normalized"] if self.normed_loss else x
+        recon = self.decoder.nll(target, theta, beta, batch).mean()
         kl = kl_standard_normal(mu, logsigma).mean()
         loss = recon + kl_weight * kl
         out = {"reconstruction": recon, "kl": kl}

@@ -182,7 +182,7 @@ def sinkhorn_unrolled(
 ECR_GRADS = ("envelope", "implicit", "unrolled")
 
 
-class _TransportCost(torch.autograd.Function):
+class TransportCost(torch.autograd.Function):
     """``<P*(C), C>`` with the exact gradient through the optimal plan, by implicit differentiation.
 
     Differentiating the optimality conditions of the entropic problem (row and column sums of
@@ -284,5 +284,5 @@ class ECR(nn.Module):
             self.warm.fill_(True)
         self.last_iterations, self.last_error = it, err
         if self.grad == "implicit" and C.requires_grad:
-            return _TransportCost.apply(C, plan, a, b, self.eps)
+            return TransportCost.apply(C, plan, a, b, self.eps)
         return (plan * C).sum()

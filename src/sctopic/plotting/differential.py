@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from sctopic.errors import InputError
-from sctopic.plotting._figure import new_figure, save_figure
+from sctopic.plotting.figure import new_figure, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -27,6 +27,9 @@ def volcano(
     title: str | None = None,
 ) -> "Figure":
     """Volcano plot of one group's differential topics: effect (``x``) against ``-log10(p)``.
+
+    A dashed line marks ``p = alpha``; the significant topics are coloured and the most
+    significant are named.
 
     Parameters
     ----------
@@ -94,6 +97,9 @@ def topic_heatmap(
     title: str | None = None,
 ) -> "Figure":
     """Heatmap of an effect column, topics (rows) by groups (columns); dots mark ``p < alpha``.
+
+    Rows and columns keep the table's order of topics and groups; the colour scale is symmetric
+    around 0 (red up, blue down).
 
     Parameters
     ----------

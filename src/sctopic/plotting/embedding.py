@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from sctopic.errors import InputError
-from sctopic.plotting._figure import new_figure, save_figure
+from sctopic.plotting.figure import new_figure, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -184,7 +184,7 @@ def gene_topic_map(
     path
         Save the figure here.
     title
-        Axes title.
+        Axes title; a key to the markers and the number of genes is appended.
 
     Returns
     -------
@@ -259,7 +259,7 @@ def topic_label_heatmap(
     path
         Save the figure here.
     title
-        Axes title.
+        Axes title (default "topic use by label").
 
     Returns
     -------

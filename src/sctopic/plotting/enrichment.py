@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from sctopic.errors import InputError
-from sctopic.plotting._figure import new_figure, save_figure
+from sctopic.plotting.figure import new_figure, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -135,7 +135,7 @@ def enrichment_manhattan(
     path
         Save the figure here.
     title
-        Axes title.
+        Axes title (default: what is plotted and the FDR threshold).
 
     Returns
     -------

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sctopic.errors import InputError
-from sctopic.plotting._figure import new_figure, save_figure
+from sctopic.plotting.figure import new_figure, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -40,7 +40,9 @@ def perturbation_umap_coords(result: "PerturbationResult", seed: int = 0,
     return out
 
 
-def _umap_panel(ax, coords: dict[str, np.ndarray], labels: dict[str, str]) -> None:
+def umap_panel(ax, coords: dict[str, np.ndarray], labels: dict[str, str]) -> None:
+    """Draw the control, target and perturbed cells of :func:`perturbation_umap_coords` on ``ax``
+    (legend entries from ``labels``, e.g. :func:`perturbation_labels`)."""
     for k, c in COLOURS.items():
         ax.scatter(coords[k][:, 0], coords[k][:, 1], s=3, c=c, alpha=0.6, label=labels.get(k, k), rasterized=True)
     ax.set_xticks([])
@@ -50,7 +52,8 @@ def _umap_panel(ax, coords: dict[str, np.ndarray], labels: dict[str, str]) -> No
     ax.legend(fontsize=7, markerscale=3, frameon=False)
 
 
-def _labels(result) -> dict[str, str]:
+def perturbation_labels(result) -> dict[str, str]:
+    """Legend labels of the three cell sets of a perturbation result, named by its groups."""
     s = result.summary
     return {"control": f"{s.get('control', 'control')} (real)", "target": f"{s.get('target', 'target')} (real)",
             "perturbed": f"{s.get('control', 'control')} + topics shifted"}
@@ -78,12 +81,14 @@ def perturbation_umap(result: "PerturbationResult", *, seed: int = 0,
     coords = coords or perturbation_umap_coords(result, seed=seed)
     fig = new_figure(5.0, 4.5)
     ax = fig.add_subplot()
-    _umap_panel(ax, coords, _labels(result))
+    umap_panel(ax, coords, perturbation_labels(result))
     ax.set_title("reconstructions: real and perturbed cells", fontsize=9)
     return save_figure(fig, path)
 
 
-def _lfc_panel(ax, result, n_labels: int) -> None:
+def lfc_panel(ax, result, n_labels: int) -> None:
+    """Draw observed against predicted log2 fold changes on ``ax``, naming the ``n_labels`` genes
+    with the highest observed Wilcoxon scores (the panel of :func:`lfc_scatter`)."""
     g = result.genes
     x = g["observed_lfc"].to_numpy(float)
     y = g["predicted_lfc"].to_numpy(float)
@@ -122,7 +127,7 @@ def lfc_scatter(result: "PerturbationResult", *, n_labels: int = 12,
     matplotlib.figure.Figure
     """
     fig = new_figure(5.0, 4.5)
-    _lfc_panel(fig.add_subplot(), result, n_labels)
+    lfc_panel(fig.add_subplot(), result, n_labels)
     return save_figure(fig, path)
 
 
@@ -150,10 +155,10 @@ def perturbation_summary(result: "PerturbationResult", *, seed: int = 0,
     s = result.summary
     fig = new_figure(10.0, 8.5)
     axes = fig.subplots(2, 2)
-    _umap_panel(axes[0, 0], coords, _labels(result))
+    umap_panel(axes[0, 0], coords, perturbation_labels(result))
     axes[0, 0].set_title(f"distance to target {s['distance_to_target_before']:.1f} -> "
                          f"{s['distance_to_target_after']:.1f}", fontsize=9)
-    _lfc_panel(axes[0, 1], result, 10)
+    lfc_panel(axes[0, 1], result, 10)
     _null_panel(axes[1, 0], result, "overlap", s["overlap"], f"top-{s['top_n']} overlap")
     axes[1, 0].set_title(f"empirical p {s['empirical_p_overlap']:.3g}", fontsize=9)
     _null_panel(axes[1, 1], result, "spearman", s["spearman_lfc"], "Spearman of fold changes")

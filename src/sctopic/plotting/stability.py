@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from sctopic.errors import InputError
-from sctopic.plotting._figure import new_figure, save_figure
+from sctopic.plotting.figure import new_figure, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure

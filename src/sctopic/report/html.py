@@ -116,7 +116,7 @@ def find_evaluation(directory: str | os.PathLike) -> tuple[dict | None, Path | N
 
 
 def _small_topic_figure(coords, values, weights, gene_names, title):
-    from sctopic.plotting._figure import new_figure
+    from sctopic.plotting.figure import new_figure
 
     fig = new_figure(6.0, 2.4)
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1]})
@@ -195,10 +195,10 @@ def build_report(
     pathlib.Path
         The HTML file written.
     """
-    from sctopic.analysis._inputs import obs_labels, topic_activity
+    from sctopic.analysis.inputs import obs_labels, topic_activity
     from sctopic.data.io import write_text_atomic
     from sctopic.metrics import topic_diversity
-    from sctopic.metrics.results import model_outputs
+    from sctopic.data.outputs import model_outputs
     from sctopic.plotting.embedding import cell_umap, dominant_topic, gene_topic_map, topic_label_heatmap, umap_coords
 
     t0 = time.perf_counter()

@@ -1,5 +1,8 @@
-"""Training loop, devices and progress reporting."""
-from sctopic.train.device import resolve_device
+"""Training: the one training plan every model uses, its loop, devices, checkpoints, DDP."""
+from sctopic.utils.device import resolve_device
+from sctopic.train.plan import Optimisation, RunOptions, TrainingPlan, TrainingResult, run_plan
+from sctopic.train.schedules import Constant, Ramp, Schedule, warmup
 from sctopic.train.trainer import Trainer
 
-__all__ = ["Trainer", "resolve_device"]
+__all__ = ["Constant", "Optimisation", "Ramp", "RunOptions", "Schedule", "Trainer", "TrainingPlan",
+           "TrainingResult", "resolve_device", "run_plan", "warmup"]

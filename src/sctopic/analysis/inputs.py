@@ -21,7 +21,7 @@ class TopicActivity:
     model: str | None
 
 
-def _is_model(obj) -> bool:
+def is_model(obj) -> bool:
     # Duck-typed so that this module never imports torch.
     return hasattr(obj, "get_cell_topics") and hasattr(obj, "model_name") and hasattr(obj, "module")
 
@@ -49,11 +49,11 @@ def topic_activity(model_or_adata, use: str = "theta") -> TopicActivity:
         ``"theta"`` (topic proportions, rows sum to 1) or ``"logits"`` (the topic logits
         delta, ``obsm['X_<model>_logits']``).
     """
-    from sctopic.metrics.results import model_outputs, read_result
+    from sctopic.data.outputs import model_outputs, read_result
 
     if use not in USES:
         raise InputError(f"use must be one of {USES}, got {use!r}.")
-    if _is_model(model_or_adata):
+    if is_model(model_or_adata):
         model = model_or_adata
         adata = model.adata
         if adata is None:

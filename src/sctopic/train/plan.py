@@ -1,0 +1,245 @@
+"""The training plan: one loop for every model.
+
+A model's ``train()`` states what makes it different, a :class:`TrainingPlan` (epochs, batch
+size, seed, optimiser and learning-rate schedule, loss-weight schedules, the settings that
+identify the run) and a batch builder, and hands both to :func:`run_plan` with the
+:class:`RunOptions` the user passed. The plan does the rest, in this order:
+
+1. check the checkpoint arguments and open the distributed run (:mod:`.distributed`);
+2. resolve the device and the precision, place the training cells (:func:`.data.prepare_data`)
+   and move the module;
+3. ask the model's batch builder for the epoch's minibatches, make the run data-parallel
+   (DDP wrapper, sharded minibatches), build the :class:`~sctopic.train.trainer.Trainer`;
+4. inside one ``seeded(seed + rank)`` block: restore a checkpoint when resuming, then fit,
+   passing each loss weight's value for the epoch to the module's forward pass;
+5. close the distributed run and return a :class:`TrainingResult`.
+
+Randomness: minibatch order and the model's own draws (e.g. neighbour sampling) come from a
+``torch.Generator`` seeded with ``seed``, the same on every process; reparameterisation noise
+and dropout from torch's global generator seeded with ``seed + rank`` inside the block. The
+same seed therefore gives the same model on the same machine, and a resumed run the same
+model as an uninterrupted one (:mod:`sctopic.train.checkpoint`).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from sctopic.errors import InputError
+from sctopic.nn.precision import resolve_precision
+from sctopic.train import distributed
+from sctopic.train.checkpoint import check_checkpoint_args, make_checkpointer
+from sctopic.train.data import TrainingData, prepare_data
+from sctopic.utils.device import resolve_device
+from sctopic.train.schedules import Schedule
+from sctopic.train.trainer import Trainer
+from sctopic.utils.random import seeded
+
+#: ``(data, generator) -> (epoch -> iterable of (n_cells, forward-pass keyword arguments))``.
+BatchBuilder = Callable[[TrainingData, torch.Generator], Callable[[int], Iterable[tuple[int, dict]]]]
+
+
+@dataclass
+class RunOptions:
+    """How a training run executes; the keyword arguments every model's ``train()`` accepts.
+
+    Parameters
+    ----------
+    device
+        ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda[:N]"``.
+    progress
+        Show a progress bar.
+    storage
+        Minibatch layout. ``"csr"``: sparse CSR minibatches, so the encoder's first layer and
+        the likelihood's data term cost O(non-zeros); ``"dense"``; ``"auto"`` (default): the
+        layout :func:`sctopic.data.loader.minibatch_layout` picks from the data's density.
+    write_results
+        Write the outputs into the training AnnData when done (see ``write_results``).
+    checkpoint_path
+        Checkpoint file for ``checkpoint_every`` and ``resume`` (see
+        :mod:`sctopic.train.checkpoint`). It is kept after training.
+    checkpoint_every
+        Write a checkpoint (atomically) after every this many epochs (0: never).
+    resume
+        Continue from ``checkpoint_path`` up to ``max_epochs``: the result is bit-for-bit that
+        of an uninterrupted run with the same seed and settings (other settings or data raise
+        :class:`~sctopic.errors.InputError`). Without the file yet, warn and start from epoch 0.
+    distributed
+        Data-parallel training across the processes of a ``torchrun`` launch (see
+        :mod:`sctopic.train.distributed`): ``"auto"`` (default) when torchrun started more than
+        one process, ``True`` or a backend (``"gloo"``, ``"nccl"``) to require it, ``False``
+        never. Only rank 0 shows progress, writes checkpoints and writes the results.
+    num_workers, block_size, pool_blocks
+        Out of core only (``backed=True``): reader threads prefetching ahead (1), cells per
+        contiguous read (8192) and blocks shuffled together into minibatches (4).
+    precision
+        ``"32"`` (default), ``"bf16"`` (dense matrix products in bfloat16 under autocast;
+        parameters, distances, Sinkhorn and losses stay float32; see
+        :mod:`sctopic.nn.precision`) or ``"auto"`` (bf16 on GPUs and CPUs with native bf16
+        units, else 32).
+    compile
+        Run the forward pass through :func:`torch.compile` (meant for GPUs; dense minibatches
+        only; the first steps pay the compilation).
+    """
+
+    device: str | torch.device = "auto"
+    progress: bool = True
+    storage: str = "auto"
+    write_results: bool = True
+    checkpoint_path: str | os.PathLike | None = None
+    checkpoint_every: int = 0
+    resume: bool = False
+    distributed: bool | str = "auto"
+    num_workers: int = 1
+    block_size: int | None = None
+    pool_blocks: int | None = None
+    precision: str = "32"
+    compile: bool = False
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> "RunOptions":
+        """Options from ``train(**kwargs)``; an unknown name raises an error listing the valid ones."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise InputError(f"train() got unknown argument(s) {', '.join(unknown)}; the run options "
+                             f"are {', '.join(names)} (plus the model's own training arguments).")
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """Optimiser and learning-rate schedule (see :class:`~sctopic.train.trainer.Trainer`).
+
+    ``lr_step_epochs`` halves the rate every that many epochs (scE2TM's schedule);
+    ``lr_decay`` multiplies it by ``exp(-lr_decay)`` after every step (scETM's).
+    """
+
+    optimizer: str = "rmsprop"
+    lr: float = 1e-3
+    lr_step_epochs: int | None = None
+    lr_decay: float = 0.0
+
+
+@dataclass
+class TrainingPlan:
+    """What a model's ``train()`` decides.
+
+    Parameters
+    ----------
+    max_epochs, batch_size, seed
+        Passes over the cells, cells per minibatch, seed of the run.
+    optimisation
+        Optimiser and learning-rate schedule.
+    weights
+        Loss weights by forward-pass keyword, each a :class:`~sctopic.train.schedules.Schedule`
+        evaluated once per epoch.
+    settings
+        The model's own training settings: part of the checkpoint fingerprint (a checkpoint
+        resumes only with the same values) and recorded in ``train_settings_``.
+    """
+
+    max_epochs: int
+    batch_size: int
+    seed: int
+    optimisation: Optimisation
+    weights: dict[str, Schedule] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.max_epochs < 1 or self.batch_size < 2:
+            raise InputError("max_epochs must be >= 1 and batch_size >= 2.")
+
+    def weights_at(self, epoch: int) -> dict[str, float]:
+        """Every loss weight's value in ``epoch`` (0-based)."""
+        return {name: s(epoch, self.max_epochs) for name, s in self.weights.items()}
+
+
+@dataclass
+class TrainingResult:
+    """What a run leaves: per-epoch history, wall time, the settings to record, the device,
+    and whether this process is the one that writes files (rank 0)."""
+
+    history: dict[str, list[float]]
+    seconds: float
+    settings: dict[str, Any]
+    device: torch.device
+    is_main: bool
+
+
+def run_plan(plan: TrainingPlan, options: RunOptions, *, module: torch.nn.Module, X: Any,
+             codes: np.ndarray | None, batch_builder: BatchBuilder, identity: Any,
+             step_stats: Callable[[], dict[str, float]] | None = None) -> TrainingResult:
+    """Train ``module`` on the cells of ``X`` according to ``plan`` (see the module docstring).
+
+    Parameters
+    ----------
+    plan, options
+        What the model decided and how the user wants it run.
+    module
+        The torch module; its forward pass takes a batch builder's keyword arguments plus the
+        loss weights and returns a dict of losses with ``"loss"``.
+    X
+        The training cells' counts (scipy CSR or ``BackedCounts``).
+    codes
+        Batch index of every training cell, or None.
+    batch_builder
+        ``(data, generator) -> (epoch -> iterable of (n_cells, kwargs))``. Called once the
+        data are placed; it must read ``data.batches`` and ``data.shard`` when iterated (the
+        distributed set-up replaces them).
+    identity
+        The model, for the checkpoint fingerprint (class, ``init_params``, genes, batches).
+    step_stats
+        Called after every step; its values are averaged into the history.
+    """
+    check_checkpoint_args(options.checkpoint_path, options.checkpoint_every, options.resume)
+    plan.check()
+    t_start = time.perf_counter()
+    dist = distributed.setup(options.distributed, options.device)
+    dev = resolve_device(options.device if dist.device is None else dist.device)
+    data = prepare_data(X, codes, dev, options.storage, options.compile, options.num_workers,
+                        options.block_size, options.pool_blocks)
+    prec = resolve_precision(options.precision, dev)
+    module.to(dev)
+    gen = torch.Generator().manual_seed(int(plan.seed))
+    model_batches = batch_builder(data, gen)
+    opt = plan.optimisation
+    ddp = distributed.prepare(module, data, dist, plan.batch_size)
+    trainer = Trainer(module, lr=opt.lr, optimizer=opt.optimizer, lr_step_epochs=opt.lr_step_epochs,
+                      lr_decay=opt.lr_decay, wrapper=ddp, precision=prec, compile=options.compile,
+                      reduce_sum=dist.all_reduce_sum if dist.enabled else None)
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[int, dict]]:
+        weights = plan.weights_at(epoch)
+        for n_cells, batch in model_batches(epoch):
+            yield n_cells, {**batch, **weights}
+
+    common = dict(max_epochs=plan.max_epochs, batch_size=plan.batch_size, lr=opt.lr,
+                  seed=int(plan.seed), optimizer=opt.optimizer, precision=prec)
+    ckpt = make_checkpointer(
+        options.checkpoint_path, options.checkpoint_every, options.resume, model=identity, X=data.X,
+        settings={**common, **plan.settings, "layout": data.layout, "device": dev.type},
+        module=module, trainer=trainer, generator=gen, device=dev, dist=dist)
+    with seeded(plan.seed + dist.rank, dev):  # noise differs between processes, not the batches
+        if options.resume:
+            ckpt.restore()
+        history = trainer.fit(epoch_batches, plan.max_epochs, progress=options.progress and dist.is_main,
+                              extra_stats=step_stats, on_epoch_end=ckpt)
+    dist_info = distributed.finish(module, dist)
+    module.eval()
+    settings = {**common, **plan.settings, "device": str(dev), "n_cells": data.n,
+                "world_size": dist.world_size}
+    if dist_info:
+        settings["distributed"] = dist_info
+    return TrainingResult(history={k: [float(v) for v in vals] for k, vals in history.items()},
+                          seconds=time.perf_counter() - t_start, settings=settings, device=dev,
+                          is_main=dist.is_main)
+
+
+__all__ = ["BatchBuilder", "Optimisation", "RunOptions", "TrainingPlan", "TrainingResult", "run_plan"]
