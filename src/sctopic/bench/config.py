@@ -430,6 +430,7 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
     Returns
     -------
     BenchConfig
+        As :func:`parse_config` gives it, relative paths resolved against the file's folder.
 
     Raises
     ------

@@ -212,18 +212,6 @@ def _done(existing: pd.DataFrame) -> dict[tuple, dict]:
     return out
 
 
-def _json_clean(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _fmt(x, digits: int = 3) -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
@@ -241,7 +229,7 @@ def run_one(
     configuration sets ``save_results``).
     """
     import sctopic
-    from sctopic.metrics.evaluate import evaluate
+    from sctopic.metrics.evaluate import evaluate, jsonable
 
     kind = get_model_kind(run.method.model)
     row: dict[str, Any] = {
@@ -288,7 +276,7 @@ def run_one(
                                      "train": run.train},
               "dataset": run.dataset.describe(), "fit_info": fit.info, "warnings": messages,
               "evaluation": res}
-    write_text_atomic(json.dumps(_json_clean(record), indent=2, default=str) + "\n", rdir / "metrics.json")
+    write_text_atomic(json.dumps(jsonable(record), indent=2, default=str) + "\n", rdir / "metrics.json")
     return row
 
 
@@ -364,8 +352,9 @@ def run_benchmark(
             f"{', '.join(changed)}")
 
     from sctopic.data.io import write_text_atomic
+    from sctopic.metrics.evaluate import jsonable
 
-    write_text_atomic(json.dumps(_json_clean(cfg.to_dict()), indent=2) + "\n", out / "bench_config.json")
+    write_text_atomic(json.dumps(jsonable(cfg.to_dict()), indent=2) + "\n", out / "bench_config.json")
     log(f"sctopic bench: {len(runs)} runs in the config, {len(runs) - len(todo)} already done, "
         f"{len(todo)} to run; results in {csv}")
 

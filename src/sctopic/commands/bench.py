@@ -4,22 +4,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sctopic.commands.common import nonneg_int, positive_int
+from sctopic.commands.common import add_command, nonneg_int, positive_int
+
+DESCRIPTION = """\
+Run every method on every dataset with every seed of CONFIG, scoring each run with `sctopic
+evaluate`'s metrics. Writes OUT/results.csv (one row per run, rewritten after each run),
+OUT/table.md (mean ± sd per method and dataset), OUT/summary.csv and OUT/figures/*.png. An
+interrupted benchmark continues where it stopped when started again (--resume, the default).
+"""
 
 
 def register(sub) -> argparse.ArgumentParser:
     """Add the ``bench`` sub-command."""
-    p = sub.add_parser(
-        "bench",
-        help="benchmark methods x datasets x seeds from a YAML config (CSV, table, figures)",
-        description=(
-            "Run every method on every dataset with every seed of CONFIG, scoring each run "
-            "with `sctopic evaluate`'s metrics. Writes OUT/results.csv (one row per run, "
-            "rewritten after each run), OUT/table.md (mean ± sd per method and dataset), "
-            "OUT/summary.csv and OUT/figures/*.png. An interrupted benchmark continues where "
-            "it stopped when started again (--resume, the default)."
-        ),
-    )
+    p = add_command(sub, "bench", run, description=DESCRIPTION,
+                    help="benchmark methods x datasets x seeds from a YAML config (CSV, table, figures)")
     p.add_argument("config", metavar="CONFIG", help="benchmark configuration (YAML)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the config's `out`)")
     p.add_argument("--seeds", type=nonneg_int, nargs="+", metavar="S", help="seeds to run (replaces the config's)")
@@ -36,7 +34,6 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="only rewrite table.md, summary.csv and the figures from OUT/results.csv")
     p.add_argument("--dry-run", action="store_true", help="check the config and list the runs, run nothing")
-    p.set_defaults(func=run)
     return p
 
 

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any
 
 from sctopic.data.io import write_text_atomic
 from sctopic.errors import InputError
@@ -32,24 +30,11 @@ def nonneg_int(value: str) -> int:
     return _int_at_least(value, 0)
 
 
-def _clean(obj: Any) -> Any:
-    """Make numpy scalars and NaN JSON-safe (NaN -> null)."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_json(data: dict, path: str | Path) -> Path:
-    """Write JSON atomically (temporary file, then rename)."""
-    return write_text_atomic(json.dumps(_clean(data), indent=2, sort_keys=False) + "\n", path)
+    """Write JSON atomically (temporary file, then rename); numpy scalars and NaN are made JSON-safe."""
+    from sctopic.metrics.evaluate import jsonable
+
+    return write_text_atomic(json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n", path)
 
 
 def prepare_out_dir(path: str | Path) -> Path:
@@ -58,3 +43,14 @@ def prepare_out_dir(path: str | Path) -> Path:
         raise InputError(f"--out {out} exists and is not a directory.")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def add_command(sub, name: str, run, *, help: str, description: str | None = None, **kwargs):
+    """Add the sub-command ``name`` to ``sub`` (argparse sub-parsers); ``run(args) -> int`` runs it.
+
+    ``description`` is free text (argparse re-flows it); ``kwargs`` go to ``add_parser``.
+    Returns the sub-command's parser, for its arguments.
+    """
+    p = sub.add_parser(name, help=help, description=description, **kwargs)
+    p.set_defaults(func=run)
+    return p

@@ -6,25 +6,25 @@ import json
 import time
 from pathlib import Path
 
+from sctopic.commands.common import add_command
 from sctopic.errors import InputError
 
 DEFAULT_KEYS = {"pca": "X_view_pca", "random": "X_view_random", "go": "X_go",
                 "scgpt": "X_scgpt", "geneformer": "X_geneformer"}
 
+DESCRIPTION = """\
+Compute an external cell view of DATA and write DATA plus obsm[KEY] to --out, so that training
+runs can reuse it (sctopic fit --external-key KEY). Views: scgpt:DIR (scGPT checkpoint folder:
+vocab.json, args.json, best_model.pt), geneformer:DIR (Hugging Face BERT folder with
+token_dictionary* and gene_median_dictionary*; needs sctopic[geneformer]), go (gene-ontology
+knowledge view), pca, random.
+"""
+
 
 def register(sub) -> argparse.ArgumentParser:
     """Add the ``embed`` sub-command."""
-    p = sub.add_parser(
-        "embed",
-        help="compute an external cell view (scGPT, Geneformer, GO, PCA, random) into obsm",
-        description=(
-            "Compute an external cell view of DATA and write DATA plus obsm[KEY] to --out, so that "
-            "training runs can reuse it (sctopic fit --external-key KEY). Views: scgpt:DIR (scGPT "
-            "checkpoint folder: vocab.json, args.json, best_model.pt), geneformer:DIR (Hugging Face "
-            "BERT folder with token_dictionary* and gene_median_dictionary*; needs "
-            "sctopic[geneformer]), go (gene-ontology knowledge view), pca, random."
-        ),
-    )
+    p = add_command(sub, "embed", run, description=DESCRIPTION,
+                    help="compute an external cell view (scGPT, Geneformer, GO, PCA, random) into obsm")
     p.add_argument("data", help="input .h5ad (raw counts in X or --layer)")
     p.add_argument("--external", required=True, metavar="VIEW",
                    help="scgpt:DIR | geneformer:DIR | go | pca | random")
@@ -37,7 +37,6 @@ def register(sub) -> argparse.ArgumentParser:
                         "default var_names")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or auto (foundation models)")
-    p.set_defaults(func=run)
     return p
 
 

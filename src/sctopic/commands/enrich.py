@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sctopic.commands.common import nonneg_int, positive_int
 from sctopic.errors import InputError
 
 DESCRIPTION = """\
@@ -13,20 +14,6 @@ in the library). GSEA: preranked, genes ranked by the topic's weights (beta), pe
 null shared by sets of equal size. Both give Benjamini-Hochberg FDR over the sets of each
 topic (column fdr); GSEA also gives GSEA's own pooled-NES FDR (fdr_nes, as gseapy). Writes one tidy table (TSV; .gz compresses) with a row per (library, method, topic, set).
 Bundled libraries: go_bp_human, go_bp_mouse, hallmark; any GMT file path works too."""
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -50,17 +37,17 @@ def register(subparsers) -> None:
         help="bundled library name or GMT path; repeat or list several",
     )
     p.add_argument("--method", choices=["ora", "gsea", "both"], default="both", help="default: both")
-    p.add_argument("--permutations", type=_non_negative_int, default=1000, help="GSEA permutations (default 1000)")
-    p.add_argument("--top-n", type=_positive_int, default=10, help="ORA: top genes per topic (default 10)")
+    p.add_argument("--permutations", type=nonneg_int, default=1000, help="GSEA permutations (default 1000)")
+    p.add_argument("--top-n", type=positive_int, default=10, help="ORA: top genes per topic (default 10)")
     p.add_argument("--seed", type=int, default=0, help="GSEA random seed (default 0)")
-    p.add_argument("--min-size", type=_positive_int, default=5, help="smallest set size in the data (default 5)")
-    p.add_argument("--max-size", type=_positive_int, default=500, help="largest set size in the data (default 500)")
+    p.add_argument("--min-size", type=positive_int, default=5, help="smallest set size in the data (default 5)")
+    p.add_argument("--max-size", type=positive_int, default=500, help="largest set size in the data (default 500)")
     p.add_argument("--leading-edge", action="store_true", help="GSEA: add the leading-edge genes")
     p.add_argument(
         "--size-grid", type=float, default=None, metavar="RATIO",
         help="GSEA approximate mode: nulls on a geometric grid of set sizes (e.g. 1.1)",
     )
-    p.add_argument("--jobs", type=_positive_int, default=1, help="GSEA threads (default 1)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="GSEA threads (default 1)")
     p.add_argument(
         "--max-fdr", type=_fraction, default=1.0,
         help="keep only rows with FDR <= this in the table (default 1: all rows)",

@@ -5,20 +5,20 @@ import argparse
 import json
 import sys
 
+from sctopic.commands.common import add_command
 from sctopic.errors import InputError
+
+DESCRIPTION = """\
+Score a fitted topic model. DIR is a model output directory holding result.h5ad (or the .h5ad
+itself). ARI/NMI are reported at the best resolution of a sweep (*_oracle: chosen with the
+labels, optimistic) and at a fixed resolution.
+"""
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` sub-command."""
-    p = subparsers.add_parser(
-        "evaluate",
-        help="score a fitted model: ARI/NMI, ASW, kBET, TC, TD, IP, ORA/GSEA N/U/Q",
-        description=(
-            "Score a fitted topic model. DIR is a model output directory holding result.h5ad "
-            "(or the .h5ad itself). ARI/NMI are reported at the best resolution of a sweep "
-            "(*_oracle: chosen with the labels, optimistic) and at a fixed resolution."
-        ),
-    )
+    p = add_command(subparsers, "evaluate", run, description=DESCRIPTION,
+                    help="score a fitted model: ARI/NMI, ASW, kBET, TC, TD, IP, ORA/GSEA N/U/Q")
     p.add_argument("dir", metavar="DIR", help="model output directory (with result.h5ad) or an .h5ad file")
     p.add_argument("--labels", metavar="COL", help="obs column with cell types (label metrics are null without it)")
     p.add_argument("--batch-key", metavar="COL", help="obs column with batches (for kBET and batch ASW)")
@@ -41,7 +41,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--top-n", type=int, default=10, metavar="H", help="top genes per topic (default 10)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON here (default: print JSON to stdout)")
-    p.set_defaults(func=run)
     return p
 
 

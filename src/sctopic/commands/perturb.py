@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sctopic.commands.common import nonneg_int, positive_int, write_json
+from sctopic.commands.common import add_command, nonneg_int, positive_int, write_json
 from sctopic.errors import InputError
 
 
@@ -18,18 +18,19 @@ def _shift(value: str):
         raise argparse.ArgumentTypeError(f"expected 'mean_difference' or a number, got {value!r}") from None
 
 
+DESCRIPTION = """\
+Shift chosen topics' logits in the control cells (by default the topics significantly up in
+the target cells, shifted by the mean logit difference target - control), decode expression with
+the model, and compare the predicted fold changes with the observed Wilcoxon DEGs (top-N overlap,
+hypergeometric p, Spearman of fold changes), the movement of the perturbed cells toward the
+target cells, and a null of random non-differential topics (empirical p). DIR is a 'sctopic fit'
+output (model.pt + result.h5ad).
+"""
+
+
 def register(sub) -> None:
-    p = sub.add_parser(
-        "perturb", help="shift topics in control cells in silico and compare with the target cells",
-        description=(
-            "Shift chosen topics' logits in the control cells (by default the topics significantly "
-            "up in the target cells, shifted by the mean logit difference target - control), decode "
-            "expression with the model, and compare the predicted fold changes with the observed "
-            "Wilcoxon DEGs (top-N overlap, hypergeometric p, Spearman of fold changes), the movement "
-            "of the perturbed cells toward the target cells, and a null of random non-differential "
-            "topics (empirical p). DIR is a 'sctopic fit' output (model.pt + result.h5ad)."
-        ),
-    )
+    p = add_command(sub, "perturb", run, description=DESCRIPTION,
+                    help="shift topics in control cells in silico and compare with the target cells")
     p.add_argument("model_dir", metavar="DIR", help="output directory of 'sctopic fit'")
     p.add_argument("--group-key", required=True, metavar="COL", help="obs column with the conditions")
     p.add_argument("--control", required=True, help="label of the control cells (these are perturbed)")
@@ -53,7 +54,6 @@ def register(sub) -> None:
     p.add_argument("--json", required=True, metavar="FILE", help="write the statistics here")
     p.add_argument("--plots", default=None, metavar="DIR",
                    help="write perturb_umap.png, perturb_lfc.png and perturb_summary.png here")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

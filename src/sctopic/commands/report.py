@@ -4,22 +4,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sctopic.commands.common import positive_int
+from sctopic.commands.common import add_command, positive_int
 from sctopic.errors import InputError
+
+DESCRIPTION = """\
+Write one HTML file (figures embedded as PNG data URIs, no external resources, no script): the
+fit's settings (DIR/train.json) and an evaluation JSON found in DIR (e.g. from 'sctopic evaluate
+--json DIR/evaluate.json'), UMAPs of the cells by label and by dominant topic, the gene-topic
+embedding map, the topic-by-label heatmap, a Manhattan plot of enrichment, and one card per topic
+(top genes, ORA-enriched gene sets, labels of the cells that use it most, small figures).
+"""
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "report", help="write a self-contained HTML report of a fitted model",
-        description=(
-            "Write one HTML file (figures embedded as PNG data URIs, no external resources, no "
-            "script): the fit's settings (DIR/train.json) and an evaluation JSON found in DIR "
-            "(e.g. from 'sctopic evaluate --json DIR/evaluate.json'), UMAPs of the cells by label "
-            "and by dominant topic, the gene-topic embedding map, the topic-by-label heatmap, a "
-            "Manhattan plot of enrichment, and one card per topic (top genes, ORA-enriched gene "
-            "sets, labels of the cells that use it most, small figures)."
-        ),
-    )
+    p = add_command(sub, "report", run, description=DESCRIPTION,
+                    help="write a self-contained HTML report of a fitted model")
     p.add_argument("dir", metavar="DIR", help="output directory of 'sctopic fit' (with result.h5ad), or a result .h5ad")
     p.add_argument("--out", metavar="FILE.html", default=None, help="output file (default DIR/report.html)")
     p.add_argument("--labels", metavar="COL", default=None, help="obs column with cell labels")
@@ -33,7 +32,6 @@ def register(sub) -> None:
     p.add_argument("--title", default=None, help="page title")
     p.add_argument("--layout", choices=("umap", "pca"), default="umap",
                    help="cell and gene-topic maps: umap (default) or pca (instant)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

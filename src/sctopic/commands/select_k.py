@@ -4,23 +4,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sctopic.commands.common import nonneg_int, positive_int, prepare_out_dir, write_json
+from sctopic.commands.common import add_command, nonneg_int, positive_int, prepare_out_dir, write_json
 from sctopic.errors import InputError
+
+DESCRIPTION = """\
+Train a model for every K and seed; match topics between each pair of seeds by Hungarian
+matching on the cosine similarity of their topic-gene rows and report the mean matched
+similarity (stability) with TD, TC (--genesets) and ARI (--labels) per K. The suggested K is the
+largest K whose mean stability is within --tolerance of the best (--rule tolerance), or the K
+maximising stability x TD (--rule product). Writes DIR/stability.tsv (one row per K),
+DIR/stability_runs.tsv, DIR/stability.json (with the suggestion) and DIR/stability.png.
+"""
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "select-k", help="choose the number of topics: stability across seeds, TD, TC, ARI per K",
-        description=(
-            "Train a model for every K and seed; match topics between each pair of seeds by "
-            "Hungarian matching on the cosine similarity of their topic-gene rows and report the "
-            "mean matched similarity (stability) with TD, TC (--genesets) and ARI (--labels) per K. "
-            "The suggested K is the largest K whose mean stability is within --tolerance of the "
-            "best (--rule tolerance), or the K maximising stability x TD (--rule product). Writes "
-            "DIR/stability.tsv (one row per K), DIR/stability_runs.tsv, DIR/stability.json "
-            "(with the suggestion) and DIR/stability.png."
-        ),
-    )
+    p = add_command(sub, "select-k", run, description=DESCRIPTION,
+                    help="choose the number of topics: stability across seeds, TD, TC, ARI per K")
     p.add_argument("data", help="input .h5ad with raw counts")
     p.add_argument("--ks", type=positive_int, nargs="+", required=True, metavar="K", help="numbers of topics to try (at least two)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S", help="seeds (at least two; default 0 1 2)")
@@ -37,7 +36,6 @@ def register(sub) -> None:
     p.add_argument("--rule", choices=("tolerance", "product"), default="tolerance", help="how K is suggested (default tolerance)")
     p.add_argument("--tolerance", type=float, default=0.05, help="allowed drop of stability below the best (default 0.05)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

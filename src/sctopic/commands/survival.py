@@ -5,20 +5,20 @@ import sys
 import warnings
 from pathlib import Path
 
-from sctopic.commands.common import positive_int
+from sctopic.commands.common import add_command, positive_int
 from sctopic.errors import InputError
+
+DESCRIPTION = """\
+Score each bulk sample by each topic's gene program (weighted z-score of the topic's top genes
+present in the bulk data, weights from beta), fit one Cox model per topic (standardised score,
+optional covariates), correct with Benjamini-Hochberg, and write one row per topic. DIR is a
+'sctopic fit' output (or its result.h5ad, or a model.pt).
+"""
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "survival", help="score bulk samples by topic and test association with survival (Cox, KM)",
-        description=(
-            "Score each bulk sample by each topic's gene program (weighted z-score of the topic's "
-            "top genes present in the bulk data, weights from beta), fit one Cox model per topic "
-            "(standardised score, optional covariates), correct with Benjamini-Hochberg, and write "
-            "one row per topic. DIR is a 'sctopic fit' output (or its result.h5ad, or a model.pt)."
-        ),
-    )
+    p = add_command(sub, "survival", run, description=DESCRIPTION,
+                    help="score bulk samples by topic and test association with survival (Cox, KM)")
     p.add_argument("model_dir", metavar="DIR", help="output of 'sctopic fit', a result .h5ad or a model.pt")
     p.add_argument("bulk", metavar="BULK.h5ad", help="samples x genes bulk expression (log scale), survival in obs")
     p.add_argument("--time-key", default="time", metavar="COL", help="obs column with follow-up time (default time)")
@@ -32,7 +32,6 @@ def register(sub) -> None:
     p.add_argument("--plot", default=None, metavar="FILE.png", help="Kaplan-Meier plot of one topic")
     p.add_argument("--plot-topic", default=None, metavar="T",
                    help="topic of the Kaplan-Meier plot (default: the smallest Cox p)")
-    p.set_defaults(func=run)
 
 
 def _obs_column(bulk, key: str, what: str):

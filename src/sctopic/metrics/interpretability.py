@@ -14,9 +14,7 @@ from sctopic.metrics._labels import encode
 
 
 def _topic_gene(topic_gene) -> np.ndarray:
-    if sp.issparse(topic_gene):
-        topic_gene = topic_gene.toarray()
-    tg = np.asarray(topic_gene, dtype=np.float64)
+    tg = np.asarray(topic_gene.toarray() if sp.issparse(topic_gene) else topic_gene, dtype=np.float64)
     if tg.ndim != 2:
         raise ValueError(f"topic_gene must be 2-D (topics x genes), got shape {tg.shape}")
     if not np.isfinite(tg).all():
@@ -122,16 +120,9 @@ def _library_incidence(
     return inc, (inc.shape[0] if n_docs is None else n_docs)
 
 
-def npmi_per_topic(
-    topic_gene,
-    genes: Sequence[str],
-    library,
-    top_n: int = 10,
-    *,
-    zero_convention: float = 0.0,
-    absent: Literal["zero", "skip"] = "zero",
-    documents: Literal["matched", "all"] = "matched",
-) -> np.ndarray:
+def npmi_per_topic(topic_gene, genes: Sequence[str], library, top_n: int = 10, *,
+                   zero_convention: float = 0.0, absent: Literal["zero", "skip"] = "zero",
+                   documents: Literal["matched", "all"] = "matched") -> np.ndarray:
     """Mean NPMI of each topic's top-gene pairs, gene sets as documents.
 
     See :func:`topic_coherence` for the definition and conventions.
