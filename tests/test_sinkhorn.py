@@ -156,3 +156,12 @@ def test_implicit_gradient_with_unequal_marginals_equals_unrolled_limit():
     C2 = C.clone().requires_grad_(True)
     (g_implicit,) = torch.autograd.grad(TransportCost.apply(C2, plan, a, b, 0.05), C2)
     np.testing.assert_allclose(g_implicit.numpy(), g_unrolled.numpy(), atol=1e-7, rtol=1e-5)
+
+
+def test_unrolled_checks_convergence_at_every_interval_including_one():
+    # check_every=1 used to never check (it % 1 == 1 is never true) and always ran max_iter.
+    C, a, b = _problem(K=6, V=40, seed=6)
+    for every in (1, 7, 50):
+        plan, it = sinkhorn_unrolled(C, a, b, eps=0.05, tol=1e-9, max_iter=20000, check_every=every)
+        assert it < 20000 and (it - 1) % every == 0
+        assert float((plan.sum(1) - a).abs().sum()) < 1e-9

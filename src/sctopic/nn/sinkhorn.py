@@ -170,7 +170,7 @@ def sinkhorn_unrolled(
     while it < max_iter:
         f, g = _log_updates(C, log_a, log_b, f, g, eps)
         it += 1
-        if it % check_every == 1:
+        if (it - 1) % check_every == 0:  # iterations 1, 1 + check_every, ... (as the reference)
             with torch.no_grad():
                 # Error of the row marginal after the column update.
                 if float((_kernel(C, f, g, eps).sum(1) - a).abs().sum()) < tol:
