@@ -18,35 +18,32 @@ Usage: ``python benchmarks/bench_clustering.py [--n-cells 50000] [--skip-speed]
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
+from harness import DATASETS, RESULTS, fmt, make_parser, write_report
 
 from sctopic.metrics import cluster_sweep
 from sctopic.metrics.community import cluster_graph, to_igraph
 from sctopic.metrics.neighbors import knn, neighbor_graph
 
-DATA = Path(os.environ.get("SCTOPIC_DATA", "/work/shared/data"))
-RESULTS = Path(__file__).resolve().parent / "results"
-DATASETS = {
-    "pbmc3k": ("pbmc3k_seurat_labels.h5ad", 0.75),
-    "kang2018_8donors": ("kang2018_pbmc_ctrl_8donors.h5ad", 0.81),
-    "pbmc68k_reduced": ("pbmc68k_reduced_counts.h5ad", 0.52),
+# result name -> (harness data set, DESIGN section 8's quoted oracle ARI)
+BASELINES = {
+    "pbmc3k": ("pbmc3k", 0.75),
+    "kang2018_8donors": ("kang8", 0.81),
+    "pbmc68k_reduced": ("pbmc68k", 0.52),
 }
 
 
-def pca_of(file: str, n_hvg: int = 2000, n_pcs: int = 50, seed: int = 0):
+def pca_of(name: str, n_hvg: int = 2000, n_pcs: int = 50, seed: int = 0):
     """50-PC PCA of log-normalised counts (HVGs when there are more than ``n_hvg`` genes)."""
     import anndata as ad
     import scanpy as sc
 
-    a = ad.read_h5ad(DATA / file)
+    a = ad.read_h5ad(DATASETS[name].path)
     a.X = a.X.astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -55,7 +52,7 @@ def pca_of(file: str, n_hvg: int = 2000, n_pcs: int = 50, seed: int = 0):
         if a.n_vars > n_hvg:
             sc.pp.highly_variable_genes(a, n_top_genes=n_hvg, subset=True)
         sc.pp.pca(a, n_comps=min(n_pcs, a.n_vars - 1), random_state=seed)
-    return a.obsm["X_pca"].astype(np.float32), a.obs["cell_type"].astype(str).to_numpy(), a.n_vars
+    return a.obsm["X_pca"].astype(np.float32), a.obs[DATASETS[name].label_key].astype(str).to_numpy(), a.n_vars
 
 
 def machine() -> dict:
@@ -68,7 +65,7 @@ def machine() -> dict:
 
 
 def bench_speed(n_cells: int, seed: int = 0, leidenalg: bool = False) -> dict:
-    x, y, _ = pca_of(DATASETS["kang2018_8donors"][0])
+    x, y, _ = pca_of("kang8")
     rng = np.random.default_rng(seed)
     nbrs, _ = knn(x, 16)
     i = rng.integers(0, x.shape[0], n_cells)
@@ -118,10 +115,10 @@ def bench_speed(n_cells: int, seed: int = 0, leidenalg: bool = False) -> dict:
 
 def bench_baselines(leidenalg: bool = False) -> dict:
     out = {}
-    for name, (file, quoted) in DATASETS.items():
-        if not (DATA / file).exists():
+    for name, (dataset, quoted) in BASELINES.items():
+        if not DATASETS[dataset].path.exists():
             continue
-        x, y, n_genes = pca_of(file)
+        x, y, n_genes = pca_of(dataset)
         row: dict = {"n_cells": int(x.shape[0]), "n_genes_used": int(n_genes), "design_quoted_ari": quoted}
         for method, backend in [("leiden", "igraph"), ("louvain", "igraph")] + (
             [("leiden", "leidenalg")] if leidenalg else []
@@ -140,22 +137,9 @@ def bench_baselines(leidenalg: bool = False) -> dict:
     return out
 
 
-def write(name: str, payload: dict, md: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for path, text in ((RESULTS / f"{name}.json", json.dumps(payload, indent=2) + "\n"), (RESULTS / f"{name}.md", md)):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-
-
-def fmt(v, nd=3):
-    return "-" if v is None else f"{v:.{nd}f}"
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = make_parser(__doc__, seed=0)
     ap.add_argument("--n-cells", type=int, default=50_000)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--leidenalg", action="store_true", help="also time the (slow) leidenalg backend")
@@ -185,7 +169,7 @@ def main() -> None:
             "graph splits into more clusters, so this sweep's ARI is lower than on the 12k real cells; "
             "the run measures speed.)\n"
         )
-        write("clustering_speed", s, md)
+        write_report(RESULTS / "clustering_speed", s, md, indent=2)
         print(md)
     if not args.skip_baselines:
         b = bench_baselines(args.leidenalg)
@@ -210,7 +194,7 @@ def main() -> None:
             if "leiden_leidenalg" in row:
                 lines[-1] += f" leidenalg: {fmt(row['leiden_leidenalg']['ari_oracle'])}"
         md = "\n".join(lines) + "\n"
-        write("clustering_baselines", b, md)
+        write_report(RESULTS / "clustering_baselines", b, md, indent=2)
         print(md)
 
 

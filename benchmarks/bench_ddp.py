@@ -27,16 +27,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-DATASETS = {"kang8": "kang2018_pbmc_ctrl_8donors.h5ad", "pbmc3k": "pbmc3k_seurat_labels.h5ad"}
+from harness import BENCH, DATASETS, RESULTS, make_parser, md_table, peak_rss_mib, write_report
 
 
 # ---------------------------------------------------------------------------- worker
@@ -52,15 +49,15 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     rank = int(os.environ.get("RANK", 0))
     t0 = time.perf_counter()
-    adata = ad.read_h5ad(DATA / DATASETS[args.dataset])
+    adata = ad.read_h5ad(DATASETS[args.dataset].path)
     if args.n_hvg:
         adata = select_genes(adata, args.n_hvg)
-    model = sctopic.SCE2TM(adata, n_topics=args.n_topics, seed=args.seed)
+    model = sctopic.SCE2TM(adata, n_topics=args.n_topics, seed=args.seed, n_top_genes=None)  # selected above
     t_model = time.perf_counter() - t0
     model.train(max_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, progress=False,
                 device="cpu", write_results=False)
-    hist = model.history_
-    ep = np.asarray(hist["epoch_seconds"])
+    hist = model.history
+    ep = hist["epoch_seconds"].to_numpy()
     steady = ep[1:] if len(ep) > 1 else ep
     row = {
         "rank": rank,
@@ -72,8 +69,8 @@ def worker(args) -> None:
         "seconds_per_epoch_mean": float(steady.mean()),
         "seconds_per_epoch_median": float(np.median(steady)),
         "epoch_seconds": [float(x) for x in ep],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "final_loss": float(hist["loss"][-1]),
+        "peak_rss_mb": peak_rss_mib(),
+        "final_loss": float(hist["loss"].iloc[-1]),
         "world_size": int(model.train_settings_.get("world_size", 1)),
         "distributed": model.train_settings_.get("distributed"),
     }
@@ -81,7 +78,7 @@ def worker(args) -> None:
         from sctopic import metrics
 
         theta = model.get_cell_topics()
-        labels = adata.obs["cell_type"].to_numpy()
+        labels = adata.obs[DATASETS[args.dataset].label_key].to_numpy()
         sweep = metrics.cluster_sweep(theta, labels, seed=0)
         beta = model.get_topic_gene().to_numpy()
         row.update(ari_oracle=sweep["ari_oracle"], nmi_oracle=sweep["nmi_oracle"],
@@ -97,7 +94,7 @@ def _launch(n_procs: int, threads: int, args, out: Path) -> tuple[list[dict], fl
     env["OMP_NUM_THREADS"] = str(threads)
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    worker_args = [str(HERE / "bench_ddp.py"), "--worker", "--worker-out", str(out),
+    worker_args = [str(BENCH / "bench_ddp.py"), "--worker", "--worker-out", str(out),
                    "--threads", str(threads), "--epochs", str(args.epochs),
                    "--batch-size", str(args.batch_size), "--n-topics", str(args.n_topics),
                    "--dataset", args.dataset, "--n-hvg", str(args.n_hvg), "--seed", str(args.seed)]
@@ -134,14 +131,10 @@ def summarise(name: str, n_procs: int, threads: int, rows: list[dict], wall: flo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=20)
+    ap = make_parser(__doc__, dataset="kang8", choices=("kang8", "pbmc3k"), seed=0, epochs=20, n_topics=100,
+                     threads=2)
     ap.add_argument("--batch-size", type=int, default=512, help="global minibatch (default 512)")
-    ap.add_argument("--n-topics", type=int, default=100)
-    ap.add_argument("--dataset", choices=sorted(DATASETS), default="kang8")
     ap.add_argument("--n-hvg", type=int, default=0, help="HVGs to keep (0: all genes; kang8 has 1,287)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2, help="total torch threads (default 2)")
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--tag", default=None, help="output name (default: the dataset)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -165,9 +158,6 @@ def main() -> None:
     import torch
 
     meta["torch"] = torch.__version__
-    out = HERE / "results" / f"ddp_cpu_{tag}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2, default=float) + "\n")
     lines = [
         f"# SCE2TM data-parallel CPU training ({args.dataset}; {args.epochs} epochs, {args.n_topics} "
         f"topics, global batch {args.batch_size}, {args.threads} threads in total, "
@@ -176,25 +166,23 @@ def main() -> None:
         "(each process trains on half of every minibatch; batch norm per process). Epoch times "
         "exclude the first epoch; cells/s = cells / median epoch. ARI: Leiden on theta, best "
         "resolution of 0.1..2.0 (oracle) and resolution 1.0.", "",
-        "| run | processes x threads | s/epoch (median) | s/epoch (mean) | cells/s | setup s/process | "
-        "peak RSS MB per process | final loss | ARI oracle | ARI res=1 | NMI oracle | TD | max param diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *md_table(["run", "processes x threads", "s/epoch (median)", "s/epoch (mean)", "cells/s", "setup s/process",
+                   "peak RSS MB per process", "final loss", "ARI oracle", "ARI res=1", "NMI oracle", "TD",
+                   "max param diff"],
+                  [[r["run"], f"{r['processes']} x {r['threads_per_process']}", f"{r['seconds_per_epoch_median']:.3f}",
+                    f"{r['seconds_per_epoch_mean']:.3f}", f"{r['cells_per_second']:.0f}",
+                    f"{r['seconds_setup_per_process']:.1f}",
+                    ", ".join(f"{x:.0f}" for x in r["peak_rss_mb_per_process"]), f"{r['final_loss']:.2f}",
+                    f"{r['ari_oracle']:.3f}", f"{r['ari_fixed']:.3f}", f"{r['nmi_oracle']:.3f}", f"{r['td']:.3f}",
+                    f"{r['max_param_diff_across_ranks']:.1g}"] for r in runs]),
     ]
-    for r in runs:
-        lines.append(
-            f"| {r['run']} | {r['processes']} x {r['threads_per_process']} | "
-            f"{r['seconds_per_epoch_median']:.3f} | {r['seconds_per_epoch_mean']:.3f} | "
-            f"{r['cells_per_second']:.0f} | {r['seconds_setup_per_process']:.1f} | "
-            f"{', '.join(f'{x:.0f}' for x in r['peak_rss_mb_per_process'])} | {r['final_loss']:.2f} | "
-            f"{r['ari_oracle']:.3f} | {r['ari_fixed']:.3f} | {r['nmi_oracle']:.3f} | {r['td']:.3f} | "
-            f"{r['max_param_diff_across_ranks']:.1g} |")
     if len(runs) >= 2:
         base = runs[0]["seconds_per_epoch_median"]
         for r in runs[1:]:
             lines.append("")
             lines.append(f"Speed-up of {r['run']} over {runs[0]['run']}: "
                          f"{base / r['seconds_per_epoch_median']:.2f}x per epoch.")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_report(RESULTS / f"ddp_cpu_{tag}", {"meta": meta, "runs": runs}, "\n".join(lines), indent=2)
     print("\n".join(lines))
 
 

@@ -18,26 +18,15 @@ the output). Run from the repository root:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
 import time
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path(os.environ.get("SCTOPIC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def _timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
+from harness import DATASETS, RESULTS, make_parser, timed, write_report
 
 
 def make_topics(n_topics: int, n_hvg: int, seed: int = 0) -> tuple[np.ndarray, list[str], float]:
@@ -45,7 +34,7 @@ def make_topics(n_topics: int, n_hvg: int, seed: int = 0) -> tuple[np.ndarray, l
     import anndata as ad
     import scanpy as sc
 
-    adata = ad.read_h5ad(DATA / "pbmc3k_seurat_labels.h5ad")
+    adata = ad.read_h5ad(DATASETS["pbmc3k"].path)
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     sc.pp.highly_variable_genes(adata, n_top_genes=n_hvg)
@@ -63,12 +52,11 @@ def make_topics(n_topics: int, n_hvg: int, seed: int = 0) -> tuple[np.ndarray, l
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = make_parser(__doc__, out=RESULTS / "enrichment_speed")
     ap.add_argument("--topics", type=int, default=100)
     ap.add_argument("--genes", type=int, default=5000)
     ap.add_argument("--permutations", type=int, default=1000)
     ap.add_argument("--gseapy-topics", type=int, default=1, help="0 skips gseapy")
-    ap.add_argument("--out", type=Path, default=RESULTS / "enrichment_speed")
     args = ap.parse_args(argv)
 
     import scipy.stats as ss
@@ -81,23 +69,23 @@ def main(argv=None) -> int:
     print(f"topics: {beta.shape[0]} x {beta.shape[1]} in {t_topics:.1f}s (not counted); "
           f"mean mass of the top 10 genes {top10:.3f}", flush=True)
 
-    lib, t_load = _timed(gs.load, "go_bp_human")
-    matched, t_match = _timed(lib.match, genes)
+    lib, t_load = timed(gs.load, "go_bp_human")
+    matched, t_match = timed(lib.match, genes)
     print(matched.report, flush=True)
     n_perm = args.permutations
     times: dict[str, float] = {"load_go_bp_human": t_load, "match": t_match}
 
-    _, times["ora"] = _timed(gs.ora, beta, genes, matched, top_n=10)
-    _, times["ora_without_gene_lists"] = _timed(gs.ora, beta, genes, matched, top_n=10, with_genes=False)
+    _, times["ora"] = timed(gs.ora, beta, genes, matched, top_n=10)
+    _, times["ora_without_gene_lists"] = timed(gs.ora, beta, genes, matched, top_n=10, with_genes=False)
     print(f"ORA: {times['ora']:.2f}s", flush=True)
-    exact, times["gsea_exact_1_thread"] = _timed(gs.gsea, beta, genes, matched, permutations=n_perm, seed=0)
+    exact, times["gsea_exact_1_thread"] = timed(gs.gsea, beta, genes, matched, permutations=n_perm, seed=0)
     print(f"GSEA exact, 1 thread: {times['gsea_exact_1_thread']:.1f}s", flush=True)
-    again, times["gsea_exact_2_threads"] = _timed(
+    again, times["gsea_exact_2_threads"] = timed(
         gs.gsea, beta, genes, matched, permutations=n_perm, seed=0, n_jobs=2
     )
     print(f"GSEA exact, 2 threads: {times['gsea_exact_2_threads']:.1f}s", flush=True)
     pd.testing.assert_frame_equal(exact, again)  # threads do not change results
-    approx, times["gsea_size_grid_1.1_1_thread"] = _timed(
+    approx, times["gsea_size_grid_1.1_1_thread"] = timed(
         gs.gsea, beta, genes, matched, permutations=n_perm, seed=0, size_grid=1.1
     )
     print(f"GSEA size_grid=1.1, 1 thread: {times['gsea_size_grid_1.1_1_thread']:.1f}s", flush=True)
@@ -124,7 +112,7 @@ def main(argv=None) -> int:
             per_topic, agree = [], []
             for k in range(args.gseapy_topics):
                 rnk = pd.Series(beta[k], index=genes).sort_values(ascending=False)
-                res, t = _timed(
+                res, t = timed(
                     gseapy.prerank, rnk=rnk, gene_sets=sets, permutation_num=n_perm, seed=k,
                     min_size=5, max_size=500, outdir=None, threads=1, verbose=False,
                 )
@@ -192,9 +180,7 @@ def main(argv=None) -> int:
             "platform": platform.platform(),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(_markdown(result))
+    write_report(args.out, result, _markdown(result), indent=2)
     print(json.dumps(result["seconds"], indent=2))
     print(json.dumps(result["ratios"], indent=2))
     return 0

@@ -36,35 +36,25 @@ otherwise drives one step through ``model.module`` directly.
 """
 from __future__ import annotations
 
-import argparse
 import inspect
-import json
 import os
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from harness import load_input, make_parser, pin_threads, time_fn, write_report
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", default="pbmc3k", choices=["pbmc3k", "kang8"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n-topics", type=int, default=100)
+    p = make_parser(__doc__, dataset="pbmc3k", choices=("pbmc3k", "kang8"), seed=0, threads=2, n_topics=100,
+                    work_dir=True, results_dir=True)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=20, help="timed steps (after warm-up)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--layout", choices=["auto", "dense", "csr"], default="auto",
                    help="count matrix layout of the minibatch: what training uses (auto: the "
                         "model's RowStore choice), dense, or sparse CSR")
-    p.add_argument("--work-dir", default=str(HERE / "work"))
-    p.add_argument("--results-dir", default=str(HERE / "results"))
     return p.parse_args(argv)
 
 
@@ -183,26 +173,6 @@ def sinkhorn_flops(K: int, V: int, iters: int, check_every: int = 5, kernels: in
 
 
 # ----------------------------------------------------------------------------- timing
-def time_fn(fn, repeats: int, warmup: int = 2, stat: str = "min", device="cpu") -> float:
-    """Best (``min``, for floors) or ``median`` wall time of ``fn`` over ``repeats`` calls.
-
-    On a CUDA ``device`` the queue is drained before and after each call, so the wall time
-    is the device time of the call."""
-    import torch
-
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        ts.append(time.perf_counter() - t)
-    return float(np.min(ts) if stat == "min" else np.median(ts))
-
-
 def matmul_rates(matmuls: dict, repeats: int = 10, device="cpu") -> list[dict]:
     import torch
 
@@ -294,16 +264,21 @@ def load_model(args):
 
     work = Path(args.work_dir) / f"{args.dataset}_s{args.seed}"
     npz, prep = B.prepare(args.dataset, args.seed, work)
-    z = np.load(npz, allow_pickle=False)
+    z = load_input(npz)
+    X = z["X"]
+    adata = ad.AnnData(X=X, obs=pd.DataFrame(index=z["cells"]), var=pd.DataFrame(index=z["genes"]))
+    adata.obsm["X_svd512"] = z["embedding"]
+    model = sctopic.SCE2TM(adata, n_topics=args.n_topics, external_key="X_svd512", n_top_genes=None)
+    return model, X, adata.obsm["X_svd512"], prep
+
+
+def model_counts(model, adata):
+    """The counts ``model`` trains on: ``adata`` over ``model.genes``, float32 CSR."""
     import scipy.sparse as sp
 
-    X = sp.csr_matrix((z["X_data"].astype(np.float32), z["X_indices"], z["X_indptr"]),
-                      shape=tuple(int(s) for s in z["X_shape"]))
-    adata = ad.AnnData(X=X, obs=pd.DataFrame(index=[str(c) for c in z["cells"]]),
-                       var=pd.DataFrame(index=[str(g) for g in z["genes"]]))
-    adata.obsm["X_svd512"] = np.asarray(z["embedding"], dtype=np.float32)
-    model = sctopic.SCE2TM(adata, n_topics=args.n_topics, external_key="X_svd512")
-    return model, X, adata.obsm["X_svd512"], prep
+    X = sp.csr_matrix(adata[:, model.genes].X, dtype=np.float32)
+    X.sort_indices()
+    return X
 
 
 def resolve_layout(layout: str, X) -> str:
@@ -340,8 +315,7 @@ def make_step(model, X, emb, batch_size: int, seed: int, layout: str = "dense", 
     v = torch.as_tensor(emb[idx], device=device)
     v_nb = torch.as_tensor(emb[nb], device=device)
     params = inspect.signature(mod.forward).parameters
-    ecr_w = float(getattr(model, "_init_kwargs", {}).get("ecr_weight", 100.0))
-    extra = {"ecr_weight": ecr_w} if "ecr_weight" in params else {}
+    extra = {"ecr_weight": float(model.init_params["ecr_weight"])} if "ecr_weight" in params else {}
     stacked = {"x": counts(np.concatenate([idx, nb])), "v": v, "v_nb": v_nb, **extra}
     separate = {"x": counts(idx), "x_nb": counts(nb), "v": v, "v_nb": v_nb, **extra}
     separate = {k: val for k, val in separate.items() if k in params}
@@ -368,8 +342,7 @@ def make_step(model, X, emb, batch_size: int, seed: int, layout: str = "dense", 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))
+    pin_threads(args.threads, override=False)
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -486,16 +459,9 @@ def main(argv=None) -> int:
         "measured_seconds_per_epoch_from_steps": step_seconds * int(np.ceil(prep["n_cells"] / B)),
         "model_training_step_flops": offered,
     }
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / ("flops" if args.dataset == "pbmc3k" else f"flops_{args.dataset}")
-    tmp = stem.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1, default=str))
-    os.replace(tmp, stem.with_suffix(".json"))
     md = markdown(res)
-    tmp = stem.with_suffix(".md.tmp")
-    tmp.write_text(md)
-    os.replace(tmp, stem.with_suffix(".md"))
+    stem = write_report(Path(args.results_dir) / ("flops" if args.dataset == "pbmc3k" else f"flops_{args.dataset}"),
+                        res, md)
     print(md)
     print(f"wrote {stem}.json and {stem}.md")
     return 0

@@ -11,26 +11,19 @@ Writes benchmarks/results/foundation_<tag>.json and .md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import torch
+from harness import DATASETS, RESULTS, make_parser, md_table, write_report
 
 import sctopic
 from sctopic import metrics
 from sctopic.data.counts import select_genes
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-DATASETS = {
-    "pbmc3k": ("pbmc3k_seurat_labels.h5ad", 5000),
-    "kang8": ("kang2018_pbmc_ctrl_8donors.h5ad", 0),
-    "pbmc68k": ("pbmc68k_reduced_counts.h5ad", 0),
-}
+CHOICES = ("pbmc3k", "kang8", "pbmc68k")
 
 
 def _parse_value(v: str):
@@ -43,10 +36,10 @@ def _parse_value(v: str):
 
 
 def run_one(name: str, epochs: int, seed: int, extra: dict, n_topics: int) -> dict:
-    fname, n_hvg = DATASETS[name]
-    adata = ad.read_h5ad(DATA / fname)
-    if n_hvg:
-        adata = select_genes(adata, n_hvg)
+    ds = DATASETS[name]
+    adata = ad.read_h5ad(ds.path)
+    if ds.n_top_genes:
+        adata = select_genes(adata, ds.n_top_genes)
     import inspect
 
     train_keys = set(inspect.signature(sctopic.SCE2TM.train).parameters)
@@ -58,9 +51,10 @@ def run_one(name: str, epochs: int, seed: int, extra: dict, n_topics: int) -> di
     train_s = time.perf_counter() - t0
     theta = model.get_cell_topics()
     beta = model.get_topic_gene().to_numpy()
-    labels = adata.obs["cell_type"].to_numpy()
+    labels = adata.obs[ds.label_key].to_numpy()
     sweep = metrics.cluster_sweep(theta, labels, seed=0)
-    ep = np.asarray(model.history_["epoch_seconds"])
+    hist = model.history
+    ep = hist["epoch_seconds"].to_numpy()
     return {
         "dataset": name, "n_cells": adata.n_obs, "n_genes": len(model.genes), "seed": seed,
         "epochs": epochs, "options": extra,
@@ -72,19 +66,15 @@ def run_one(name: str, epochs: int, seed: int, extra: dict, n_topics: int) -> di
         "seconds_per_epoch": float(ep.mean()), "seconds_per_epoch_median": float(np.median(ep)),
         "cells_per_second": float(adata.n_obs / np.median(ep)),
         "train_seconds": train_s,
-        "sinkhorn_iterations_mean": float(np.mean(model.history_.get("sinkhorn_iterations", [0]))),
+        "sinkhorn_iterations_mean": float(np.mean(hist.get("sinkhorn_iterations", [0]))),
         "graph_stats": model.graph_stats_,
-        "final_losses": {k: v[-1] for k, v in model.history_.items() if k not in ("epoch_seconds", "lr")},
+        "final_losses": {k: float(v) for k, v in hist.iloc[-1].items() if k not in ("epoch_seconds", "lr")},
         "threads": torch.get_num_threads(),
     }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", nargs="+", default=["pbmc3k", "kang8"], choices=sorted(DATASETS))
-    ap.add_argument("--epochs", type=int, default=500)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--n-topics", type=int, default=100)
+    ap = make_parser(__doc__, datasets=["pbmc3k", "kang8"], choices=CHOICES, epochs=500, seeds=[0], n_topics=100)
     ap.add_argument("--set", nargs="*", default=[], help="extra SCE2TM options key=value")
     ap.add_argument("--tag", default="defaults")
     args = ap.parse_args()
@@ -97,17 +87,14 @@ def main() -> None:
             print(json.dumps({k: r[k] for k in ("dataset", "seed", "ari_oracle", "nmi_oracle", "ari_fixed",
                                                 "td", "td_exclusive", "ip", "seconds_per_epoch_median",
                                                 "cells_per_second")}), flush=True)
-    out = HERE / "results" / f"foundation_{args.tag}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
     lines = [f"# SCE2TM on real data ({args.tag}; {args.epochs} epochs, {args.n_topics} topics, options {extra})", "",
-             "| dataset | cells | genes | seed | ARI oracle | NMI oracle | ARI res=1 | NMI res=1 | TD | TD excl. | IP | s/epoch (median) | cells/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['dataset']} | {r['n_cells']} | {r['n_genes']} | {r['seed']} | {r['ari_oracle']:.3f} | "
-                     f"{r['nmi_oracle']:.3f} | {r['ari_fixed']:.3f} | {r['nmi_fixed']:.3f} | {r['td']:.3f} | "
-                     f"{r['td_exclusive']:.3f} | {r['ip']:.3f} | {r['seconds_per_epoch_median']:.3f} | {r['cells_per_second']:.0f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+             *md_table(["dataset", "cells", "genes", "seed", "ARI oracle", "NMI oracle", "ARI res=1", "NMI res=1", "TD",
+                        "TD excl.", "IP", "s/epoch (median)", "cells/s"],
+                       [[r["dataset"], r["n_cells"], r["n_genes"], r["seed"]]
+                        + [f"{r[k]:.3f}" for k in ("ari_oracle", "nmi_oracle", "ari_fixed", "nmi_fixed", "td",
+                                                   "td_exclusive", "ip", "seconds_per_epoch_median")]
+                        + [f"{r['cells_per_second']:.0f}"] for r in rows])]
+    write_report(RESULTS / f"foundation_{args.tag}", rows, "\n".join(lines), indent=2)
     print("\n".join(lines))
 
 

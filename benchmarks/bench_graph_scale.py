@@ -7,12 +7,12 @@ thinning, 1,287 genes), in a fresh process:
    backed ``.h5ad`` read ``--block-rows`` rows at a time;
 2. pynndescent's numba compilation, on a small random array (a once-per-process cost, reported
    apart) when the size uses the approximate search;
-3. the kNN search (``sctopic.data.graphs``; exact chunked brute force up to
-   ``EXACT_KNN_MAX_CELLS`` cells, pynndescent above), k = 15;
+3. the kNN search (``sctopic.data.neighbors.knn``; exact chunked brute force up to
+   ``EXACT_MAX_CELLS`` cells, pynndescent above), k = 15 other cells;
 4. the mutual kNN graph, the minimum spanning forest and the union + padded lists
    (``graph_from_knn``; seconds of each step);
 5. kNN recall of the search against exact brute force for ``--n-recall`` random query cells
-   (exact neighbours against all ``n`` cells, ``knn_exact``), and two descriptive fractions of
+   (exact neighbours against all ``n`` cells, ``knn(..., exact=True)``), and two descriptive fractions of
    the kNN lists: same ``cell_type``, and same ``source_cell`` (the resampling duplicates each
    real cell about n / 12,261 times, thinned, so at 10^6 most neighbours are thinned copies of
    the same real cell: the data measure time and memory, not graph structure).
@@ -36,40 +36,42 @@ needs.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import (
+    BENCH,
+    DATASETS,
+    RESULTS,
+    current_rss_mib,
+    load1,
+    make_parser,
+    peak_rss_mib,
+    scaled_path,
+    write_report,
+)
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-SCALE = HERE / "work" / "scale"
 SIZES = (10_000, 100_000, 1_000_000)
-SOURCE = Path(os.environ.get("SCTOPIC_DATA", HERE.parent.parent / "shared" / "data")) / (
-    "kang2018_pbmc_ctrl_8donors.h5ad")
+SOURCE = DATASETS["kang8"].path
 
 
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def _threads() -> dict:
+    return {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def _other_cells(X, k: int, seed: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest other cells of every cell (``knn`` counts the cell: ask ``k + 1``, drop
+    column 0), as contiguous arrays."""
+    from sctopic.data.neighbors import knn
 
-
-def _load1() -> float:
-    return round(os.getloadavg()[0], 2)
+    ind, dist = knn(X, k + 1, exact=exact, seed=seed)
+    return np.ascontiguousarray(ind[:, 1:]), np.ascontiguousarray(dist[:, 1:])
 
 
 def graph_scale_row(
@@ -89,8 +91,8 @@ def graph_scale_row(
 
     from sctopic.data.pca import pca_blocks, row_blocks
 
-    row: dict = {"path": str(path), "load1_before": _load1(), "rss_start_mib": round(_rss_mib(), 1),
-                 "threads": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+    row: dict = {"path": str(path), "load1_before": load1(), "rss_start_mib": round(current_rss_mib(), 1),
+                 "threads": _threads()}
     t_all = time.perf_counter()
     adata = ad.read_h5ad(path, backed="r")
     n, V = adata.shape
@@ -103,7 +105,7 @@ def graph_scale_row(
     row["pca_method"] = model.method
     row["pca_block_rows"] = int(block_rows)
     row["pca_explained_variance_ratio_sum"] = round(float(model.explained_variance_ratio.sum()), 4)
-    row["pca_peak_rss_mib"] = round(_maxrss_mib(), 1)
+    row["pca_peak_rss_mib"] = round(peak_rss_mib(), 1)
     obs = adata.obs[[c for c in ("cell_type", "source_cell") if c in adata.obs]].copy()
     adata.file.close()
     del adata, model
@@ -111,17 +113,18 @@ def graph_scale_row(
     _search_and_graph(row, X, k, seed, n_recall, obs=obs)
     del X
     row["total_s"] = round(time.perf_counter() - t_all, 2)
-    row["peak_rss_mib"] = round(_maxrss_mib(), 1)
-    row["load1_after"] = _load1()
+    row["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    row["load1_after"] = load1()
     return row
 
 
 def _search_and_graph(row: dict, X: np.ndarray, k: int, seed: int, n_recall: int, obs) -> None:
     """Steps 2-5 of the module docstring on the PCs ``X``; results go into ``row``."""
-    from sctopic.data.graphs import EXACT_KNN_MAX_CELLS, _knn, graph_from_knn, knn_exact
+    from sctopic.data.graphs import graph_from_knn
+    from sctopic.data.neighbors import knn, uses_exact_search
 
     n = X.shape[0]
-    exact = n <= EXACT_KNN_MAX_CELLS
+    exact = uses_exact_search(n)
     row["knn_method"] = "exact (chunked brute force)" if exact else "pynndescent"
     row["jit_s"] = 0.0
     if not exact:
@@ -134,15 +137,15 @@ def _search_and_graph(row: dict, X: np.ndarray, k: int, seed: int, n_recall: int
         row["jit_s"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    ind, dist = _knn(X, k, seed, exact, None, 8192)
+    ind, dist = _other_cells(X, k, seed, exact)
     row["knn_s"] = round(time.perf_counter() - t, 2)
-    row["knn_peak_rss_mib"] = round(_maxrss_mib(), 1)
+    row["knn_peak_rss_mib"] = round(peak_rss_mib(), 1)
 
     # Recall against exact brute force on random query cells.
     t = time.perf_counter()
     rng = np.random.default_rng(seed)
     q = np.sort(rng.choice(n, size=min(n_recall, n), replace=False))
-    ei, _ = knn_exact(X, k, queries=q)
+    ei, _ = knn(X, k + 1, exact=True, queries=q)
     hits = 0
     for qi, row_e, row_a in zip(q.tolist(), ei.tolist(), ind[q].tolist()):
         truth = [j for j in row_e if j != qi][:k]  # the k exact neighbours other than the cell
@@ -166,7 +169,7 @@ def _search_and_graph(row: dict, X: np.ndarray, k: int, seed: int, n_recall: int
     row["graph_s"] = round(row["knn_s"] + row["mutual_s"] + row["forest_s"] + row["lists_s"], 2)
     # What building the graph costs a fresh process: numba compilation + kNN..lists (no PCA).
     row["graph_seconds"] = round(row["jit_s"] + row["graph_s"], 2)
-    row["graph_peak_rss_mib"] = round(_maxrss_mib(), 1)
+    row["graph_peak_rss_mib"] = round(peak_rss_mib(), 1)
     row["graph"] = {key: v for key, v in s.items() if key != "seconds"}
     row["graph_memory_mib"] = {
         "adjacency": round((g.adjacency.data.nbytes + g.adjacency.indices.nbytes
@@ -180,7 +183,7 @@ def _search_and_graph(row: dict, X: np.ndarray, k: int, seed: int, n_recall: int
 def _fresh(func: str, *args, **kw) -> dict:
     """Run ``func(*args, **kw)`` of this module in a fresh Python process; its JSON result."""
     code = ("import json, sys; sys.path.insert(0, %r); import bench_graph_scale as b; "
-            "print('@@ROW@@' + json.dumps(b.%s(*%r, **%r)))" % (str(HERE), func, args, kw))
+            "print('@@ROW@@' + json.dumps(b.%s(*%r, **%r)))" % (str(BENCH), func, args, kw))
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     line = [x for x in out.stdout.splitlines() if x.startswith("@@ROW@@")][-1]
     return json.loads(line[len("@@ROW@@"):])
@@ -202,13 +205,11 @@ def interpolated_row(n: int = 1_000_000, k: int = 15, seed: int = 0, n_recall: i
     import anndata as ad
 
     from sctopic.data.counts import get_counts, pca_embedding
-    from sctopic.data.graphs import _knn
 
-    row: dict = {"path": f"interpolated from {SOURCE.name}", "load1_before": _load1(),
-                 "threads": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+    row: dict = {"path": f"interpolated from {SOURCE.name}", "load1_before": load1(), "threads": _threads()}
     t_all = time.perf_counter()
     pcs = pca_embedding(get_counts(ad.read_h5ad(SOURCE)), 50, seed)
-    nb, _ = _knn(pcs, 15, seed, True, None, 8192)
+    nb, _ = _other_cells(pcs, 15, seed, True)
     rng = np.random.default_rng(seed)
     i = rng.integers(0, len(pcs), n)
     j = nb[i, rng.integers(0, nb.shape[1], n)]
@@ -216,15 +217,17 @@ def interpolated_row(n: int = 1_000_000, k: int = 15, seed: int = 0, n_recall: i
     X = (pcs[i] + t * (pcs[j] - pcs[i])).astype(np.float32)
     del i, j, t, nb
     row.update(n_cells=int(n), n_genes=None, n_comps=50, k=int(k), pca_s=None, pca_method=None,
-               pca_peak_rss_mib=round(_maxrss_mib(), 1))
+               pca_peak_rss_mib=round(peak_rss_mib(), 1))
     _search_and_graph(row, X, k, seed, n_recall, obs=None)
     row["total_s"] = round(time.perf_counter() - t_all, 2)
-    row["peak_rss_mib"] = round(_maxrss_mib(), 1)
-    row["load1_after"] = _load1()
+    row["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    row["load1_after"] = load1()
     return row
 
 
 def _md(rows: list[dict], interp: list[dict], meta: dict) -> str:
+    from sctopic.data.neighbors import EXACT_MAX_CELLS
+
     out = ["# Neighbour graphs at scale (out-of-core PCA + kNN graph)", ""]
     out.append(
         f"Data: `benchmarks/work/scale/kang_N.h5ad` (real Kang PBMCs resampled with binomial "
@@ -287,7 +290,7 @@ def _md(rows: list[dict], interp: list[dict], meta: dict) -> str:
     out += ["", "Notes:", "",
             "* recall@15: fraction of the exact 15 nearest neighbours (brute force against all "
             f"cells, chunked) found by the search, over {rows[0]['recall_queries']} random query "
-            "cells. Up to 20,000 cells the search is exact (recall 1 by construction: a check of "
+            f"cells. Up to {EXACT_MAX_CELLS:,} cells the search is exact (recall 1 by construction: a check of "
             "the chunked path). pynndescent's result depends on the numba thread count (at 10^5: "
             "0.9744 with 1 thread, 0.9723 with 2).",
             "* numba JIT: pynndescent's compilation, once per process, paid before the first "
@@ -302,17 +305,16 @@ def _md(rows: list[dict], interp: list[dict], meta: dict) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__, out=RESULTS / "graph_scale")
     p.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
     p.add_argument("--interpolated", type=int, nargs="*", default=[1_000_000],
                    help="sizes of the interpolated search check (none to skip)")
     p.add_argument("--n-recall", type=int, default=2000)
     p.add_argument("--block-rows", type=int, default=20_000)
-    p.add_argument("--out", default=str(RESULTS / "graph_scale"))
     a = p.parse_args(argv)
     rows, interp = [], []
     for n in a.sizes:
-        r = graph_scale_row_fresh(SCALE / f"kang_{n}.h5ad", n_recall=a.n_recall,
+        r = graph_scale_row_fresh(scaled_path(n), n_recall=a.n_recall,
                                   block_rows=a.block_rows)
         print(json.dumps({x: r[x] for x in r if x != "graph"}), flush=True)
         rows.append(r)
@@ -322,12 +324,9 @@ def main(argv=None) -> None:
         interp.append(r)
     meta = {"cpus": os.cpu_count(), "python": platform.python_version(),
             "machine": platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "rows": rows, "interpolated": interp}, indent=1))
-    out.with_suffix(".md").write_text(_md(rows, interp, meta))
-    print(out.with_suffix(".md").read_text())
+    md = _md(rows, interp, meta)
+    write_report(Path(a.out), {"meta": meta, "rows": rows, "interpolated": interp}, md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ A case passes when the overlap and the rank correlation both beat the random-top
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -33,14 +32,14 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+from harness import DATASETS, RESULTS, make_parser, write_json, write_text
 
 import sctopic
 from sctopic.analysis import differential_activity, perturb_topics
 from sctopic.genesets import load as load_genesets
+from sctopic.plotting.figure import new_figure, save_figure
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data" / "kang2018_pbmc_ifnb_vs_ctrl.h5ad"
-OUT = HERE / "results"
+DATA = DATASETS["kang_ifnb"].path
 NAMED_ISGS = ["ISG15", "IFI6", "IFIT1", "MX1", "IFIT3", "ISG20", "LY6E", "IFITM3", "RSAD2", "OAS1"]
 MODELS = {
     "scetm": dict(cls="SCETM", init=dict(n_topics=50, batch_key="batch"), train=dict(max_epochs=800)),
@@ -101,13 +100,11 @@ def case(model, adata, seed: int, n_null: int, **kw) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = make_parser(__doc__, seed=0, out=RESULTS)
     ap.add_argument("--n-null", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--quick", action="store_true", help="a tenth of the epochs and 10 null draws (smoke test)")
     ap.add_argument("--tag", default="", help="suffix of the output files")
-    ap.add_argument("--out", default=str(OUT), help="output directory (default benchmarks/results)")
     args = ap.parse_args()
     scale = 0.1 if args.quick else 1.0
     n_null = 10 if args.quick else args.n_null
@@ -163,12 +160,9 @@ def main() -> None:
                                    for k in ("all_cells", "random_topics", "control_only", "control_only_forced")}},
                          default=str))
     tag = f"_{args.tag}" if args.tag else ""
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from sctopic.commands.common import write_json
-
-    write_json(report, out / f"ifn_perturbation{tag}.json")
-    (out / f"ifn_perturbation{tag}.md").write_text(markdown(report))
+    out = Path(args.out)  # a folder
+    write_json(out / f"ifn_perturbation{tag}.json", report, indent=2, nan_as_null=True)
+    write_text(out / f"ifn_perturbation{tag}.md", markdown(report))
     figure(results, args.models, args.seed, out / f"ifn_perturbation{tag}.png")
     print(f"wrote {out}/ifn_perturbation{tag}.json/.md/.png")
 
@@ -244,8 +238,7 @@ def markdown(rep: dict) -> str:
 
 
 def figure(results: dict, models: list[str], seed: int, path: Path) -> None:
-    from sctopic.plotting._figure import new_figure, save_figure
-    from sctopic.plotting.perturb import _labels, _lfc_panel, _umap_panel, perturbation_umap_coords
+    from sctopic.plotting.perturb import lfc_panel, perturbation_labels, perturbation_umap_coords, umap_panel
 
     cols = [(m, "all_cells") for m in models if (m, "all_cells") in results]
     for m in models:
@@ -258,11 +251,11 @@ def figure(results: dict, models: list[str], seed: int, path: Path) -> None:
     for j, key in enumerate(cols):
         res = results[key]
         s = res.summary
-        _umap_panel(axes[0, j], perturbation_umap_coords(res, seed=seed), _labels(res))
+        umap_panel(axes[0, j], perturbation_umap_coords(res, seed=seed), perturbation_labels(res))
         axes[0, j].set_title(f"{key[0]}, {key[1].replace('_', ' ')}\n"
                              f"stim-neighbour share {s['target_neighbour_share_before']:.2f} -> "
                              f"{s['target_neighbour_share_after']:.2f}", fontsize=9)
-        _lfc_panel(axes[1, j], res, 8)
+        lfc_panel(axes[1, j], res, 8)
         ax = axes[2, j]
         ax.hist(res.null["overlap"], bins=15, color="0.7", label="random topics (null)")
         ax.axvline(s["overlap"], c="tab:red", lw=2, label="chosen topics")

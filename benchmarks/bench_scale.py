@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import threading
@@ -37,9 +36,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import RESULTS, SCALE, make_parser, peak_rss_mib, scaled_path, thread_env, time_fn, write_report
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 SIZES = (10_000, 100_000, 1_000_000)
 EPOCHS = {10_000: 6, 100_000: 3, 1_000_000: 2}
 
@@ -68,7 +66,7 @@ def worker(args) -> dict:
 
             model = Model(ad.read_h5ad(path), **kw)
         t_init = time.perf_counter() - t0
-        rss_init = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss_init = peak_rss_mib()
         train_kw = dict(max_epochs=args.epochs, progress=False, write_results=False, device=args.device,
                         precision=args.precision)
         if args.batch_size:
@@ -79,7 +77,7 @@ def worker(args) -> dict:
         t2 = time.perf_counter()
         theta = model.get_cell_topics()
         t_infer = time.perf_counter() - t2
-    ep = model.history_["epoch_seconds"]
+    ep = model.history["epoch_seconds"].to_numpy()
     steady = ep[1:] if len(ep) > 1 else ep
     s_epoch = float(np.median(steady))
     n = int(model.train_settings_["n_cells"])
@@ -91,7 +89,7 @@ def worker(args) -> dict:
         "seconds_per_epoch": s_epoch, "cells_per_second": n / s_epoch,
         "setup_seconds": t_init, "graph_seconds": float(graphs.get("seconds", 0.0)),
         "train_seconds_total": t_train, "inference_seconds": t_infer,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         # the out-of-core row-reader process: its own peak, sampled while it ran
         "peak_rss_children_mib": max(children.values(), default=0) / 1024,
         "peak_rss_after_setup_mib": rss_init,
@@ -131,8 +129,7 @@ def _watch_children(peaks: dict) -> None:
 
 
 def run_one(path: Path, mode: str, args, epochs: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "NUMBA_NUM_THREADS": str(args.threads)}
+    env = thread_env(args.threads, names=("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"))
     cmd = [sys.executable, __file__, "--worker", "--path", str(path), "--mode", mode,
            "--model", args.model, "--epochs", str(epochs), "--threads", str(args.threads),
            "--n-topics", str(args.n_topics), "--n-hvg", str(args.n_hvg), "--device", args.device,
@@ -163,18 +160,17 @@ def floor_rate(model: str, path: Path, threads: int, device: str = "cpu") -> dic
     import warnings
 
     import anndata as ad
-    import torch
-
-    sys.path.insert(0, str(HERE))
     import bench_flops as F
+    import torch
 
     import sctopic
 
     torch.set_num_threads(threads)
+    adata = ad.read_h5ad(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = sctopic.SCE2TM(ad.read_h5ad(path), n_topics=100, n_top_genes=5000, seed=0)
-    X = m._X
+        m = sctopic.SCE2TM(adata, n_topics=100, n_top_genes=5000, seed=0)
+    X = F.model_counts(m, adata)
     m.module.to(device)
     mod, fwd_bwd, full_step, opt, kw = F.make_step(m, X, m.external_.matrix, 512, 0, "dense",
                                                    device=device)
@@ -195,7 +191,7 @@ def floor_rate(model: str, path: Path, threads: int, device: str = "cpu") -> dic
     mm_floor = sum(r["seconds_per_call"] * r["calls"] for r in rows)
     floor = mm_floor + sk["flops"] / (F.matvec_rate(K, V, device=device) * 1e9)
     mm_flops = sum(f for _, f in counter.matmuls.values())
-    step = F.time_fn(full_step, 20, warmup=2, stat="median", device=device)
+    step = time_fn(full_step, 20, warmup=2, stat="median", device=device)
     return {"config": f"SCE2TM defaults (50-PC view), {V} genes, batch 512 (+512 neighbours), dense",
             "matmul_gflop_per_step": mm_flops / 1e9, "sinkhorn_gflop_per_step": sk["flops"] / 1e9,
             "matmul_gflops_on_step_shapes": mm_flops / mm_floor / 1e9,
@@ -235,15 +231,14 @@ def markdown(res: dict) -> str:
               "- Out of core, each SCE2TM step also needs the counts of 512 sampled neighbours, which "
               "lie anywhere in the file: once the data outgrow one pool of blocks (4 x 8192 cells) "
               "they are scattered reads, started two steps ahead and done by a row-reader process "
-              "(`sctopic.data._rowreader`; on the uncompressed file one native-AIO submission of "
-              "O_DIRECT reads when the page cache does not hold the rows, else concurrent preadv "
-              "calls). Through "
+              "(`sctopic.data.rowreader`; on the uncompressed file concurrent preadv calls). Through "
               "h5py in a thread the same reads cost 9.8 s/epoch at 10^5 and 205 s/epoch at 10^6 "
               "cells (GIL hand-overs stalled both threads). What remains at 10^6 cells: 97% of the "
               "neighbours lie outside the pool, and this VM's page cache does not keep the 2.7 GB "
               "file (proactive reclaim), so each 512-row read fetches about 2-4 MB of random pages "
               "from storage (through the page cache about 20-35 ms and 20-25 ms of the machine's CPU "
-              "per step, direct about 17 ms and 7 ms: `row_reads_kang_1000000.md`) on the same 2 "
+              "per step: `row_reads_kang_1000000.md`; O_DIRECT reads cut that CPU but not the time "
+              "per epoch, `direct_reads_ab.md`, and were removed) on the same 2 "
               "cores that train. SCETM has no neighbours and reads only contiguous blocks.",
               "- Peak RSS 'N + reader M' is the training process plus the row-reader process (its "
               "VmHWM sampled while it ran).",
@@ -356,7 +351,7 @@ def add_graph_scale(res: dict, out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__, threads=2, n_topics=100)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--path")
     p.add_argument("--mode", choices=["memory", "backed"])
@@ -364,14 +359,12 @@ def main(argv=None) -> int:
     p.add_argument("--model", choices=["sce2tm", "scetm"], default="sce2tm")
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     p.add_argument("--modes", nargs="+", default=["memory", "backed"])
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="torch device of training (cpu, cuda)")
     p.add_argument("--precision", default="32", choices=["32", "bf16", "auto"])
-    p.add_argument("--out-dir", default=str(HERE / "results"))
-    p.add_argument("--n-topics", type=int, default=100)
+    p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--n-hvg", type=int, default=5000, help="genes to keep (the data have 1,287)")
     p.add_argument("--batch-size", type=int, default=0, help="0: the model's default")
-    p.add_argument("--data-dir", default=str(HERE / "work" / "scale"))
+    p.add_argument("--data-dir", default=str(SCALE))
     p.add_argument("--graph", action="store_true", help="also time the graph build alone per size")
     p.add_argument("--tag", default="")
     p.add_argument("--update", action="store_true",
@@ -387,7 +380,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.floor_only:
         res = json.loads((out / f"{name}.json").read_text())
-        res["floor"] = floor_rate(args.model, Path(args.data_dir) / f"kang_{min(args.sizes)}.h5ad",
+        res["floor"] = floor_rate(args.model, scaled_path(min(args.sizes), args.data_dir),
                                   args.threads, args.device)
         return write_results(res, out, name)
     import torch
@@ -402,7 +395,7 @@ def main(argv=None) -> int:
             update_note = (f"Only the {'/'.join(args.modes)} rows were rerun at this date; the others "
                            f"are from the run of {earlier.get('date', 'an earlier date')}.")
     for n in args.sizes:
-        path = Path(args.data_dir) / f"kang_{n}.h5ad"
+        path = scaled_path(n, args.data_dir)
         if not path.exists():
             print(f"missing {path}: run make_scaled.py --n-cells {n} --out {path}", file=sys.stderr)
             return 2
@@ -412,7 +405,6 @@ def main(argv=None) -> int:
                   flush=True)
             runs.append(row)
         if args.graph:
-            sys.path.insert(0, str(HERE))
             from bench_graph_scale import graph_scale_row
 
             graph_rows.append(graph_scale_row(str(path)))
@@ -425,7 +417,7 @@ def main(argv=None) -> int:
         "genes_note": "The generator resamples Kang 8-donor PBMCs, which have 1,287 genes: every "
                       "size uses those 1,287 genes (5,000 were not available).",
         "runs": sorted(runs, key=lambda r: (r.get("n_cells", 0), r.get("mode", ""))),
-        "floor": floor_rate(args.model, Path(args.data_dir) / f"kang_{min(args.sizes)}.h5ad", args.threads,
+        "floor": floor_rate(args.model, scaled_path(min(args.sizes), args.data_dir), args.threads,
                             args.device),
         "graph_scale": graph_rows[-1] if graph_rows else None, "graph_scale_all": graph_rows,
     }
@@ -435,9 +427,9 @@ def main(argv=None) -> int:
 def write_results(res: dict, out: Path, name: str) -> int:
     add_graph_scale(res, out)
     res["targets"] = targets(res)
-    (out / f"{name}.json").write_text(json.dumps(res, indent=1))
-    (out / f"{name}.md").write_text(markdown(res))
-    print(markdown(res))
+    md = markdown(res)
+    write_report(out / name, res, md)
+    print(md)
     return 0
 
 

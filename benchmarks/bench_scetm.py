@@ -37,38 +37,38 @@ epoch count is not the default, so smoke runs never overwrite real results).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import (
+    DATASETS,
+    ENVS,
+    REFERENCE,
+    data_path,
+    fmt,
+    load1,
+    make_parser,
+    run_logged,
+    save_input,
+    write_report,
+)
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-REF = HERE / "reference"
-ENVS = HERE / "envs"
-DATA = Path(os.environ.get("SCTOPIC_SHARED_DATA", ROOT.parent / "shared" / "data"))
-KANG = DATA / "kang2018_pbmc_ctrl_8donors.h5ad"
-PBMC3K = DATA / "pbmc3k_seurat_labels.h5ad"
+KANG = DATASETS["kang8"].path
+PBMC3K = DATASETS["pbmc3k"].path
+GO_BP = data_path("go_bp_human_symbols.gmt.gz")
 DEFAULT_EPOCHS = 800
 DEFAULT_EPOCHS_SCE2TM = 200
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = make_parser(__doc__, epochs=DEFAULT_EPOCHS, seed=0, threads=2, n_topics=100, work_dir=True, results_dir=True)
     p.add_argument("--part", choices=("reference", "variants", "transfer", "pscetm", "all"), default="all")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="SCETM / scetm epochs (800)")
     p.add_argument("--epochs-sce2tm", type=int, default=DEFAULT_EPOCHS_SCE2TM)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n-topics", type=int, default=100)
-    p.add_argument("--work-dir", default=str(HERE / "work"))
-    p.add_argument("--results-dir", default=str(HERE / "results"))
     return p.parse_args(argv)
 
 
@@ -102,15 +102,9 @@ def _machine() -> str:
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
 
 
-def _f(x, nd=3):
-    return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
-
-
 def _write(results: Path, name: str, report: dict, md: str, epochs: int) -> None:
     suffix = "" if epochs == DEFAULT_EPOCHS else f"_e{epochs}"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"scetm_{name}{suffix}.json").write_text(json.dumps(report, indent=1, default=float))
-    (results / f"scetm_{name}{suffix}.md").write_text(md)
+    write_report(results / f"scetm_{name}{suffix}", report, md)
     print(md)
 
 
@@ -123,16 +117,9 @@ def prepare_kang(work: Path) -> Path:
     npz = work / "input.npz"
     if npz.exists():
         return npz
-    work.mkdir(parents=True, exist_ok=True)
     a = ad.read_h5ad(KANG)
-    X = sp.csr_matrix(a.X).astype(np.int32)
-    np.savez(npz, X_data=X.data, X_indices=X.indices.astype(np.int32), X_indptr=X.indptr.astype(np.int64),
-             X_shape=np.array(X.shape, dtype=np.int64), embedding=np.zeros((X.shape[0], 1), np.float32),
-             genes=np.array([str(g) for g in a.var_names], dtype=str),
-             cells=np.array([str(c) for c in a.obs_names], dtype=str),
-             labels=np.array([str(x) for x in a.obs["cell_type"]], dtype=str),
-             batches=np.array([str(x) for x in a.obs["batch"]], dtype=str))
-    return npz
+    return save_input(npz, sp.csr_matrix(a.X), np.zeros((a.n_obs, 1), np.float32), a.var_names, a.obs_names,
+                      a.obs["cell_type"], a.obs["batch"])
 
 
 def part_reference(args) -> None:
@@ -142,16 +129,12 @@ def part_reference(args) -> None:
     npz = prepare_kang(work)
     a = ad.read_h5ad(KANG)
     labels, batches = a.obs["cell_type"].astype(str).to_numpy(), a.obs["batch"].astype(str).to_numpy()
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = str(args.threads)
-    env.pop("PYTHONPATH", None)
     common = ["--input", str(npz), "--epochs", str(args.epochs), "--seed", str(args.seed),
               "--threads", str(args.threads), "--n-topics", str(args.n_topics), "--batch-size", "2000"]
     runs = {
-        "scetm 0.5.0": [str(ENVS / "scetm" / "bin" / "python"), str(REF / "run_scetm.py"), *common,
+        "scetm 0.5.0": [str(ENVS / "scetm" / "bin" / "python"), str(REFERENCE / "run_scetm.py"), *common,
                         "--batch-key", "batch", "--out", str(work / "scetm")],
-        "sctopic SCETM": [sys.executable, str(REF / "run_sctopic_scetm.py"), *common, "--batch-key",
+        "sctopic SCETM": [sys.executable, str(REFERENCE / "run_sctopic_scetm.py"), *common, "--batch-key",
                           "--out", str(work / "sctopic_scetm")],
     }
     rows = {}
@@ -159,14 +142,13 @@ def part_reference(args) -> None:
         out = Path(cmd[-1])
         out.mkdir(parents=True, exist_ok=True)
         print(f"[{name}] {' '.join(cmd)}", flush=True)
-        load0 = os.getloadavg()[0]
-        with open(out / "stdout.log", "w") as fh:
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        load0 = load1()
+        proc, _ = run_logged(cmd, out / "stdout.log", threads=args.threads)
         if proc.returncode != 0:
             print(f"[{name}] failed:\n" + (out / "stdout.log").read_text()[-2000:], file=sys.stderr)
             continue
         t = json.loads((out / "timings.json").read_text())
-        t["loadavg_1min_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        t["loadavg_1min_before_after"] = [load0, load1()]
         t.update(scores(np.load(out / "theta.npy"), labels, batches, np.load(out / "topic_gene.npy"),
                         np.load(out / "logits.npy"), seed=args.seed))
         t.pop("epoch_seconds", None)
@@ -188,10 +170,10 @@ def part_reference(args) -> None:
          "| contender | s/epoch | cells/s | peak RSS MiB | ARI oracle | NMI oracle | ARI (logits) "
          "| kBET | batch ASW | TD | TD excl | load before/after |", "|---" * 12 + "|"]
     for name, t in rows.items():
-        L.append("| " + " | ".join([name, _f(t["seconds_per_epoch_mean"]), _f(t["cells_per_second"], 0),
-                                     _f(t["peak_rss_mb"], 0), _f(t["ari_oracle"]), _f(t["nmi_oracle"]),
-                                     _f(t["ari_oracle_logits"]), _f(t["kbet"]), _f(t["batch_asw"]),
-                                     _f(t["td"]), _f(t["td_exclusive"]),
+        L.append("| " + " | ".join([name, fmt(t["seconds_per_epoch_mean"]), fmt(t["cells_per_second"], 0),
+                                     fmt(t["peak_rss_mb"], 0), fmt(t["ari_oracle"]), fmt(t["nmi_oracle"]),
+                                     fmt(t["ari_oracle_logits"]), fmt(t["kbet"]), fmt(t["batch_asw"]),
+                                     fmt(t["td"]), fmt(t["td_exclusive"]),
                                      str(t["loadavg_1min_before_after"])]) + " |")
     if ratio:
         L += ["", f"sctopic is {ratio['speedup_seconds_per_epoch']:.2f}x faster per epoch, peak RSS "
@@ -224,7 +206,7 @@ def part_variants(args) -> None:
         m.save(models / f"{cls}_{variant.replace(' ', '_').replace('+', 'and')}_e{epochs}.pt")
         theta, logits = m.get_cell_topics(), m.get_cell_topics(logits=True)
         r = {"model": cls, "variant": variant, "epochs": epochs,
-             "seconds_per_epoch": float(np.mean(m.history_["epoch_seconds"]))}
+             "seconds_per_epoch": float(np.mean(m.history["epoch_seconds"]))}
         r.update(scores(theta, labels, batches, m.get_topic_gene().to_numpy(), logits, seed=args.seed))
         rows.append(r)
         print(f"[{cls} / {variant}] ARI {r['ari_oracle']:.3f} kBET {r['kbet']:.3f} "
@@ -242,9 +224,9 @@ def part_variants(args) -> None:
          "| model | variant | ARI oracle | NMI oracle | ARI (logits) | kBET | batch ASW | TD | s/epoch |",
          "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        L.append("| " + " | ".join([r["model"], r["variant"], _f(r["ari_oracle"]), _f(r["nmi_oracle"]),
-                                     _f(r.get("ari_oracle_logits")), _f(r["kbet"]), _f(r["batch_asw"]),
-                                     _f(r.get("td")), _f(r.get("seconds_per_epoch"))]) + " |")
+        L.append("| " + " | ".join([r["model"], r["variant"], fmt(r["ari_oracle"]), fmt(r["nmi_oracle"]),
+                                     fmt(r.get("ari_oracle_logits")), fmt(r["kbet"]), fmt(r["batch_asw"]),
+                                     fmt(r.get("td")), fmt(r.get("seconds_per_epoch"))]) + " |")
     _write(Path(args.results_dir), "variants_kang8", report, "\n".join(L) + "\n", args.epochs)
 
 
@@ -303,8 +285,8 @@ def part_transfer(args) -> None:
          "|---|---|---|---|---|---|---|"]
     for r in rows:
         shared = f"{r['n_shared_genes']}/{r['n_model_genes']} ({r['fraction_shared']:.1%})" if "n_shared_genes" in r else "-"
-        L.append("| " + " | ".join([r["model"], r["setting"], shared, _f(r["ari_oracle"]), _f(r["nmi_oracle"]),
-                                     _f(r.get("ari_oracle_logits")), _f(r["ari_fixed"])]) + " |")
+        L.append("| " + " | ".join([r["model"], r["setting"], shared, fmt(r["ari_oracle"]), fmt(r["nmi_oracle"]),
+                                     fmt(r.get("ari_oracle_logits")), fmt(r["ari_fixed"])]) + " |")
     _write(Path(args.results_dir), "transfer_kang8_to_pbmc3k", report, "\n".join(L) + "\n", args.epochs)
 
 
@@ -318,18 +300,17 @@ def part_pscetm(args) -> None:
     pbmc = ad.read_h5ad(PBMC3K)
     labels = pbmc.obs["cell_type"].astype(str).to_numpy()
     t0 = time.perf_counter()
-    m = sctopic.SCETM(pbmc, n_topics=args.n_topics, n_top_genes=5000,
-                      gene_sets=DATA / "go_bp_human_symbols.gmt.gz", seed=args.seed)
+    m = sctopic.SCETM(pbmc, n_topics=args.n_topics, n_top_genes=5000, gene_sets=GO_BP, seed=args.seed)
     m.train(max_epochs=args.epochs, seed=args.seed, progress=False, write_results=False)
     seconds = time.perf_counter() - t0
     theta = m.get_cell_topics()
     tp = m.topic_pathway_frame()
     res = {"n_pathways": len(m.pathways_), "pathway_match": getattr(m, "pathway_report_", ""),
-           "seconds": seconds, "seconds_per_epoch": float(np.mean(m.history_["epoch_seconds"]))}
+           "seconds": seconds, "seconds_per_epoch": float(np.mean(m.history["epoch_seconds"]))}
     res.update(scores(theta, labels, topic_gene=m.get_topic_gene().to_numpy(), seed=args.seed))
     from sctopic.genesets import load
 
-    lib = load(DATA / "go_bp_human_symbols.gmt.gz")
+    lib = load(GO_BP)
     desc = {name: text for name, text, _ in lib.records()}
     types = {}
     for ct in ("B", "CD14+ Mono", "NK"):

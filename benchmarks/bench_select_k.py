@@ -16,32 +16,26 @@ Writes benchmarks/results/select_k_pbmc3k.{json,md,png}.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import time
 from pathlib import Path
 
 import anndata as ad
+from harness import DATASETS, RESULTS, make_parser, md_table, write_report
 
 from sctopic.analysis import suggest_k, topic_stability
-from sctopic.commands.common import write_json
 from sctopic.plotting.stability import stability_curves
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data" / "pbmc3k_seurat_labels.h5ad"
-OUT = HERE / "results"
+DATA = DATASETS["pbmc3k"].path
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = make_parser(__doc__, seeds=[0, 1, 2], epochs=200, out=RESULTS / "select_k_pbmc3k")
     ap.add_argument("--ks", type=int, nargs="+", default=[10, 20, 50, 100])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--n-hvg", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--genesets", default="go_bp_human")
-    ap.add_argument("--out", default=str(OUT / "select_k_pbmc3k"), help="output path without suffix")
     args = ap.parse_args()
 
     adata = ad.read_h5ad(DATA)
@@ -54,7 +48,7 @@ def main() -> None:
     )
     seconds = time.perf_counter() - t0
     k_prod, reason_prod = suggest_k(res.table, rule="product")
-    out = Path(args.out)
+    out = Path(args.out)  # without suffix
     out.parent.mkdir(parents=True, exist_ok=True)
     data = res.to_dict()
     data.update(
@@ -62,7 +56,6 @@ def main() -> None:
         threads={k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
         machine=platform.platform(),
     )
-    write_json(data, out.with_suffix(".json"))
     stability_curves(res, path=out.with_suffix(".png"),
                      title=f"pbmc3k, scETM, {args.n_hvg} HVGs, {args.epochs} epochs, seeds {args.seeds}: "
                            f"suggested K = {res.suggested_k}")
@@ -78,19 +71,15 @@ def main() -> None:
         "between two seeds, mean +/- sd over the seed pairs; stable share: matched topics with similarity "
         ">= 0.5. TD/TC: top 10 genes (TC on GO BP human). ARI: best Leiden resolution vs Seurat cell types.",
         "",
-        "| K | stability | stable share | TD | TC | ARI | s / fit |",
-        "|---|---|---|---|---|---|---|",
+        *md_table(["K", "stability", "stable share", "TD", "TC", "ARI", "s / fit"], [
+            [int(r.k), f"{r.stability_mean:.3f} +/- {r.stability_sd:.3f}", f"{r.stable_fraction_mean:.2f}",
+             f"{r.td_mean:.3f} +/- {r.td_sd:.3f}", f"{r.tc_mean:.3f} +/- {r.tc_sd:.3f}",
+             f"{r.ari_mean:.3f} +/- {r.ari_sd:.3f}", f"{r.seconds_mean:.0f}"] for _, r in t.iterrows()]),
     ]
-    for _, r in t.iterrows():
-        lines.append(
-            f"| {int(r.k)} | {r.stability_mean:.3f} +/- {r.stability_sd:.3f} | {r.stable_fraction_mean:.2f} | "
-            f"{r.td_mean:.3f} +/- {r.td_sd:.3f} | {r.tc_mean:.3f} +/- {r.tc_sd:.3f} | "
-            f"{r.ari_mean:.3f} +/- {r.ari_sd:.3f} | {r.seconds_mean:.0f} |"
-        )
     lines += ["", f"**Suggested K = {res.suggested_k}** (rule: tolerance 0.05): {res.reason}", "",
               f"Product rule (stability x TD): K = {k_prod}. {reason_prod}", "",
               "![stability curves](select_k_pbmc3k.png)", ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    write_report(out, data, "\n".join(lines), indent=2, nan_as_null=True)
     print("\n".join(lines))
 
 

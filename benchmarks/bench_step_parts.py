@@ -26,41 +26,25 @@ Writes ``benchmarks/results/step_parts_<dataset>.{json,md}``.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from harness import THREAD_VARS, machine, make_parser, md_table, pin_threads, time_fn, write_report
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", default="pbmc3k", choices=["pbmc3k", "kang8"])
-    p.add_argument("--threads", type=int, default=2)
+    p = make_parser(__doc__, dataset="pbmc3k", choices=("pbmc3k", "kang8"), threads=2, seed=0, work_dir=True,
+                    results_dir=True)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--repeats", type=int, default=10, help="timed calls per round")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work-dir", default=str(HERE / "work"))
-    p.add_argument("--results-dir", default=str(HERE / "results"))
     return p.parse_args(argv)
 
 
 def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+    """Median of ``repeats`` calls after one warm-up call, in ms."""
+    return time_fn(fn, repeats, warmup=1, stat="median") * 1e3
 
 
 def _old_ecr_backward(C, P, a, b, eps):
@@ -86,7 +70,7 @@ def build_parts(args):
 
     import bench_flops as F
     from sctopic.nn.likelihood import multinomial_nll
-    from sctopic.nn.sinkhorn import _TransportCost, sinkhorn_stabilized
+    from sctopic.nn.sinkhorn import TransportCost, sinkhorn_stabilized
     from sctopic.nn.sparse import dense_to_csr, sparse_linear
 
     fargs = F.parse_args(["--dataset", args.dataset, "--seed", str(args.seed), "--work-dir", args.work_dir])
@@ -150,7 +134,7 @@ def build_parts(args):
         _old_ecr_backward(C, plan, a, b, mod.ecr.eps)
 
     def ecr_fast():  # includes the forward <P, C> and autograd's own overhead
-        _TransportCost.apply(Cg, plan, a, b, mod.ecr.eps).backward()
+        TransportCost.apply(Cg, plan, a, b, mod.ecr.eps).backward()
 
     parts["ECR implicit gradient"] = (ecr_plain, ecr_fast, "all float64", "float64 K x K system only")
 
@@ -177,8 +161,7 @@ def build_parts(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))
+    pin_threads(args.threads, names=THREAD_VARS[:3], override=False)  # OMP, MKL, OPENBLAS
     import torch
 
     torch.set_num_threads(args.threads)
@@ -199,25 +182,23 @@ def main(argv=None) -> int:
     total_p = sum(r["plain_ms"] for r in in_step)
     total_f = sum(r["fast_ms"] for r in in_step)
     meta = {"dataset": args.dataset, "threads": args.threads, "rounds": args.rounds, "repeats": args.repeats,
-            "torch": torch.__version__, "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs",
+            "torch": torch.__version__, "machine": machine(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), **shapes}
-    out = Path(args.results_dir) / f"step_parts_{args.dataset}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "parts": rows,
-                                                    "sum_sparse_step_parts_ms": [total_p, total_f]}, indent=2))
     lines = [f"# Rewritten parts of an SCE2TM step vs their plain form ({args.dataset})", "",
              f"{shapes['cells']} anchor cells (+ as many neighbours in the encoder) x {shapes['genes']} genes, "
              f"K = {shapes['topics']}, hidden {shapes['hidden']}, {args.threads} threads, torch {torch.__version__}, "
              f"{meta['machine']}; forward + backward, median of {args.rounds} alternating rounds of "
              f"{args.repeats} calls. Run {meta['date']}.", "",
-             "| part | plain form | ms | fast form | ms | speedup |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['part']} | {r['plain']} | {r['plain_ms']:.2f} | {r['fast']} | {r['fast_ms']:.2f} | "
-              f"{r['speedup']:.2f}x |" for r in rows]
+             *md_table(["part", "plain form", "ms", "fast form", "ms", "speedup"],
+                       [[r["part"], r["plain"], f"{r['plain_ms']:.2f}", r["fast"], f"{r['fast_ms']:.2f}",
+                         f"{r['speedup']:.2f}x"] for r in rows])]
     lines += ["", f"Sum over the parts a sparse-count step runs: {total_p:.1f} ms -> {total_f:.1f} ms "
               f"(saved {total_p - total_f:.1f} ms per step).", "",
               "The whole step is timed by `bench_flops.py` (`flops_csr.md`) and the whole training run by "
               "`bench_vs_reference.py`."]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out = write_report(Path(args.results_dir) / f"step_parts_{args.dataset}",
+                       {"meta": meta, "parts": rows, "sum_sparse_step_parts_ms": [total_p, total_f]},
+                       "\n".join(lines), indent=2)
     print(f"wrote {out}.json and .md")
     return 0
 

@@ -18,7 +18,6 @@ for the first model).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -26,13 +25,12 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+from harness import DATASETS, RESULTS, make_parser, write_json, write_text
 
 import sctopic
 from sctopic.analysis import logrank_split, score_bulk, survival_association
+from sctopic.plotting.figure import new_figure, save_figure
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-OUT = HERE / "results"
 # Markers of cytotoxic lymphocytes (NK and effector CD8 T cells) and of B cells.
 CYTOTOXIC = {"GZMB", "PRF1", "NKG7", "GNLY", "GZMA", "GZMH", "GZMK", "KLRD1", "KLRB1", "KLRC1", "KLRF1", "CST7",
              "CCL5", "CCL4", "CD8A", "CD8B", "FGFBP2", "CTSW", "SPON2", "CD247", "HOPX", "CD160", "NCR1", "NCR3",
@@ -44,7 +42,7 @@ DEFAULT_EPOCHS = {"scetm": 300, "sce2tm": 200}
 
 
 def train(name: str, epochs: int, seed: int):
-    adata = ad.read_h5ad(DATA / "pbmc3k_seurat_labels.h5ad")
+    adata = ad.read_h5ad(DATASETS["pbmc3k"].path)
     model = getattr(sctopic, MODELS[name])(adata, n_topics=50, n_top_genes=5000, seed=seed)
     t0 = time.perf_counter()
     model.train(max_epochs=epochs, seed=seed, progress=False, device="cpu")
@@ -70,16 +68,14 @@ def covariates(bulk) -> pd.DataFrame:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = make_parser(__doc__, seed=0, out=RESULTS)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--epochs", type=int, default=None, help="epochs (default 300 scetm, 200 sce2tm)")
     ap.add_argument("--n-top", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
-    out = Path(args.out)
+    out = Path(args.out)  # a folder
     out.mkdir(parents=True, exist_ok=True)
-    bulk = ad.read_h5ad(DATA / "tcga_skcm_bulk_survival.h5ad")
+    bulk = ad.read_h5ad(DATASETS["tcga_skcm"].path)
     time_, event = bulk.obs["time"].to_numpy(float), bulk.obs["event"].to_numpy(float)
     cov = covariates(bulk)
     report = {"bulk": "tcga_skcm_bulk_survival.h5ad", "n_samples": bulk.n_obs, "n_bulk_genes": bulk.n_vars,
@@ -135,15 +131,12 @@ def main() -> None:
         lr = logrank_split(scores[t].to_numpy(), time_, event)
         report["kaplan_meier"][t] = {"kind": kind, "model": first,
                                      **{k: v for k, v in lr.items() if k not in ("high", "kept")}}
-    from sctopic.commands.common import write_json
-
-    write_json(report, out / "tcga_survival.json")
-    (out / "tcga_survival.md").write_text(markdown(report))
+    write_json(out / "tcga_survival.json", report, indent=2, nan_as_null=True)
+    write_text(out / "tcga_survival.md", markdown(report))
     print(f"wrote {out}/tcga_survival.json/.md/.tsv/.png")
 
 
 def figure(scores, time_, event, km_topics, model_name: str, path: Path) -> None:
-    from sctopic.plotting._figure import new_figure, save_figure
     from sctopic.plotting.survival import kaplan_meier
 
     fig = new_figure(5.0 * len(km_topics), 4.2)

@@ -40,27 +40,27 @@ Intermediate files: ``benchmarks/work/<dataset>_s<seed>/`` (git-ignored).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import (
+    DATASETS,
+    ENVS,
+    REFERENCE,
+    atomic_write,
+    fmt,
+    make_parser,
+    run_logged,
+    save_input,
+    write_json,
+    write_report,
+)
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-REF = HERE / "reference"
-ENVS = HERE / "envs"
-DATA = Path(os.environ.get("SCTOPIC_SHARED_DATA", "/work/shared/data"))
 DEFAULT_EPOCHS = 200
-
-DATASETS = {
-    "pbmc3k": {"file": "pbmc3k_seurat_labels.h5ad", "n_top_genes": 5000, "label_key": "cell_type"},
-    "kang8": {"file": "kang2018_pbmc_ctrl_8donors.h5ad", "n_top_genes": 0, "label_key": "cell_type"},
-}
 
 # sctopic_scetm_batch: sctopic at scetm's batch size (--scetm-batch-size), so that cells per
 # second are also compared at equal batch size (the per-step fixed cost of ECR is amortised).
@@ -68,12 +68,8 @@ CONTENDERS = ("sce2tm", "scetm", "sctopic", "sctopic_bf16", "sctopic_scetm_batch
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="pbmc3k")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n-topics", type=int, default=100)
+    p = make_parser(__doc__, dataset="pbmc3k", choices=("pbmc3k", "kang8"), epochs=DEFAULT_EPOCHS, seed=0,
+                    threads=2, n_topics=100, work_dir=True, results_dir=True)
     p.add_argument("--n-top-genes", type=int, default=None,
                    help="override the dataset's gene selection (0 = all genes)")
     p.add_argument("--skip-reference", action="store_true",
@@ -84,47 +80,18 @@ def parse_args(argv=None):
     p.add_argument("--reuse", action="store_true",
                    help="reuse any contender output already in the work dir for these settings")
     p.add_argument("--scetm-batch-size", type=int, default=2000)
-    p.add_argument("--work-dir", default=str(HERE / "work"))
-    p.add_argument("--results-dir", default=str(HERE / "results"))
     p.add_argument("--timeout", type=float, default=None, help="seconds per contender")
     return p.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- data
-def _log_normalize(X):
-    import scipy.sparse as sp
-
-    try:
-        from sctopic.data.counts import log_normalize
-
-        return log_normalize(X)
-    except ImportError:  # pragma: no cover - before the package had it
-        X = sp.csr_matrix(X, dtype=np.float32, copy=True)
-        lib = np.asarray(X.sum(axis=1)).ravel()
-        lib[lib == 0] = 1.0
-        X = sp.diags((1e4 / lib).astype(np.float32)) @ X
-        X.data = np.log1p(X.data)
-        return sp.csr_matrix(X)
-
-
 def _select_genes(adata, n_top_genes: int):
-    """sctopic.data.select_genes when available, else the same recipe locally."""
+    """sctopic.data.counts.select_genes (scanpy's "seurat" flavour), or all genes."""
     if n_top_genes == 0 or n_top_genes >= adata.n_vars:
         return adata, "all genes"
-    try:
-        import sctopic.data as sd
+    from sctopic.data.counts import select_genes
 
-        fn = getattr(sd, "select_genes", None)
-        if fn is None:
-            from sctopic.data.counts import select_genes as fn
-        return fn(adata, n_top_genes=n_top_genes), "sctopic.data.select_genes(flavor='seurat')"
-    except ImportError:  # pragma: no cover
-        import anndata as ad
-        import scanpy as sc
-
-        tmp = ad.AnnData(X=_log_normalize(adata.X), obs=adata.obs[[]], var=adata.var[[]])
-        sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, flavor="seurat")
-        return adata[:, tmp.var["highly_variable"].to_numpy()].copy(), "local scanpy seurat HVG"
+    return select_genes(adata, n_top_genes=n_top_genes), "sctopic.data.select_genes(flavor='seurat')"
 
 
 def prepare(dataset: str, seed: int, work: Path, n_top_genes: int | None = None) -> tuple[Path, dict]:
@@ -133,11 +100,13 @@ def prepare(dataset: str, seed: int, work: Path, n_top_genes: int | None = None)
     import scipy.sparse as sp
     from sklearn.decomposition import TruncatedSVD
 
+    from sctopic.data.counts import log_normalize
+
     spec = DATASETS[dataset]
-    ntg = spec["n_top_genes"] if n_top_genes is None else n_top_genes
+    ntg = spec.n_top_genes if n_top_genes is None else n_top_genes
     work.mkdir(parents=True, exist_ok=True)
     npz, meta_path = work / "input.npz", work / "prep.json"
-    want = {"dataset": dataset, "file": str(DATA / spec["file"]), "seed": seed, "n_top_genes": ntg,
+    want = {"dataset": dataset, "file": str(spec.path), "seed": seed, "n_top_genes": ntg,
             "svd_dims": 512}
     if npz.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
@@ -145,7 +114,7 @@ def prepare(dataset: str, seed: int, work: Path, n_top_genes: int | None = None)
             return npz, meta
 
     t0 = time.perf_counter()
-    adata = ad.read_h5ad(DATA / spec["file"])
+    adata = ad.read_h5ad(spec.path)
     adata.X = sp.csr_matrix(adata.X)
     sel, how = _select_genes(adata, ntg)
     X = sp.csr_matrix(sel.X)
@@ -158,19 +127,11 @@ def prepare(dataset: str, seed: int, work: Path, n_top_genes: int | None = None)
         X = sp.csr_matrix(sel.X)
     n_comp = int(min(512, min(X.shape) - 1))
     svd = TruncatedSVD(n_components=n_comp, algorithm="randomized", random_state=seed)
-    emb = svd.fit_transform(_log_normalize(X)).astype(np.float32)
+    emb = svd.fit_transform(log_normalize(X)).astype(np.float32)
     if n_comp < 512:  # the reference cluster head is hard-wired to 512 inputs
         emb = np.hstack([emb, np.zeros((emb.shape[0], 512 - n_comp), np.float32)])
-    labels = sel.obs[spec["label_key"]].astype(str).to_numpy()
-    X = X.astype(np.int32)
-    np.savez(
-        npz,
-        X_data=X.data, X_indices=X.indices.astype(np.int32), X_indptr=X.indptr.astype(np.int64),
-        X_shape=np.array(X.shape, dtype=np.int64), embedding=emb,
-        genes=np.array([str(g) for g in sel.var_names], dtype=str),
-        cells=np.array([str(c) for c in sel.obs_names], dtype=str),
-        labels=np.array([str(x) for x in labels], dtype=str),
-    )
+    labels = sel.obs[spec.label_key].astype(str).to_numpy()
+    save_input(npz, X, emb, sel.var_names, sel.obs_names, labels)
     meta = dict(want)
     meta.update({
         "n_cells": int(X.shape[0]), "n_genes": int(X.shape[1]), "gene_selection": how,
@@ -179,7 +140,7 @@ def prepare(dataset: str, seed: int, work: Path, n_top_genes: int | None = None)
         "svd_input": "log1p(counts / library * 1e4) of the selected genes",
         "seconds": time.perf_counter() - t0,
     })
-    meta_path.write_text(json.dumps(meta, indent=1))
+    write_json(meta_path, meta, with_provenance=False)
     return npz, meta
 
 
@@ -189,15 +150,15 @@ def contender_cmd(name: str, args, npz: Path, out: Path) -> list[str]:
               "--seed", str(args.seed), "--threads", str(args.threads),
               "--n-topics", str(args.n_topics)]
     if name == "sce2tm":
-        return [str(ENVS / "sce2tm" / "bin" / "python"), str(REF / "run_sce2tm.py"), *common,
+        return [str(ENVS / "sce2tm" / "bin" / "python"), str(REFERENCE / "run_sce2tm.py"), *common,
                 "--batch-size", "512", "--quiet"]
     if name == "scetm":
-        return [str(ENVS / "scetm" / "bin" / "python"), str(REF / "run_scetm.py"), *common,
+        return [str(ENVS / "scetm" / "bin" / "python"), str(REFERENCE / "run_scetm.py"), *common,
                 "--batch-size", str(args.scetm_batch_size)]
     if name in ("sctopic", "sctopic_bf16", "sctopic_scetm_batch"):
         prec = ["--precision", "bf16"] if name == "sctopic_bf16" else []
         bs = args.scetm_batch_size if name == "sctopic_scetm_batch" else 512
-        return [sys.executable, str(REF / "run_sctopic.py"), *common, "--batch-size", str(bs), *prec]
+        return [sys.executable, str(REFERENCE / "run_sctopic.py"), *common, "--batch-size", str(bs), *prec]
     raise ValueError(name)
 
 
@@ -241,18 +202,10 @@ def run_contender(name: str, args, npz: Path, out: Path, reuse: bool, allow_run:
     if tfile.exists():
         tfile.unlink()  # never mistake an old result for this run's
     cmd = contender_cmd(name, args, npz, out)
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = str(args.threads)
-    env.pop("PYTHONPATH", None)
     print(f"[{name}] {' '.join(cmd)}", flush=True)
     load0 = os.getloadavg()[0]
     cal0 = calibrate(args.threads)
-    t0 = time.perf_counter()
-    with open(out / "stdout.log", "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(out),
-                              timeout=args.timeout)
-    wall = time.perf_counter() - t0
+    proc, wall = run_logged(cmd, out / "stdout.log", threads=args.threads, cwd=out, timeout=args.timeout)
     tail = (out / "stdout.log").read_text().splitlines()[-15:]
     if proc.returncode != 0 or not tfile.exists():
         print(f"[{name}] FAILED (exit {proc.returncode}); last lines:\n  " + "\n  ".join(tail),
@@ -266,60 +219,23 @@ def run_contender(name: str, args, npz: Path, out: Path, reuse: bool, allow_run:
     # matmul GFLOP/s before and after: a drop means other work slowed this contender down
     t["calibration_gflops_before_after"] = [round(cal0, 1), round(calibrate(args.threads), 1)]
     t["epochs_requested"] = args.epochs
-    tfile.write_text(json.dumps(t, indent=1))
+    write_json(tfile, t, with_provenance=False)
     return t
 
 
 # ----------------------------------------------------------------------------- scoring
 def _cluster_sweep(emb, labels, seed: int = 0) -> dict:
-    try:
-        from sctopic.metrics import cluster_sweep
+    from sctopic.metrics import cluster_sweep
 
-        r = cluster_sweep(emb, labels, k=15, seed=seed)
-        r.pop("table", None)
-        r["implementation"] = "sctopic.metrics.cluster_sweep"
-        return r
-    except ImportError:  # pragma: no cover - fallback before sctopic.metrics existed
-        import anndata as ad
-        import scanpy as sc
-        from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-        a = ad.AnnData(np.asarray(emb, dtype=np.float32))
-        sc.pp.neighbors(a, n_neighbors=15, use_rep="X", transformer="sklearn", random_state=seed)
-        best = None
-        for r in [round(0.1 * i, 1) for i in range(1, 21)]:
-            sc.tl.leiden(a, resolution=r, random_state=seed, flavor="igraph", n_iterations=-1)
-            ari = adjusted_rand_score(labels, a.obs["leiden"])
-            if best is None or ari > best[0]:
-                best = (ari, normalized_mutual_info_score(labels, a.obs["leiden"]), r)
-        return {"ari_oracle": best[0], "nmi_oracle": best[1], "resolution_oracle": best[2],
-                "implementation": "local scanpy leiden sweep"}
-
-
-def _td(topic_gene) -> tuple[float, float]:
-    try:
-        from sctopic.metrics import topic_diversity, topic_diversity_exclusive
-
-        return topic_diversity(topic_gene, 10), topic_diversity_exclusive(topic_gene, 10)
-    except ImportError:  # pragma: no cover
-        top = np.argsort(-np.asarray(topic_gene), axis=1)[:, :10]
-        _, c = np.unique(top, return_counts=True)
-        return c.size / top.size, (c == 1).sum() / top.size
-
-
-def _purity(theta, labels):
-    try:
-        from sctopic.metrics import interpretability_purity
-
-        return float(interpretability_purity(theta, labels))
-    except ImportError:  # pragma: no cover
-        from sklearn.metrics.cluster import contingency_matrix
-
-        cm = contingency_matrix(labels, np.argmax(theta, axis=1))
-        return float(cm.max(axis=0).sum() / cm.sum())
+    r = cluster_sweep(emb, labels, k=15, seed=seed)
+    r.pop("table", None)
+    r["implementation"] = "sctopic.metrics.cluster_sweep"
+    return r
 
 
 def score(out: Path, labels, seed: int) -> dict:
+    from sctopic.metrics import interpretability_purity, topic_diversity, topic_diversity_exclusive
+
     res: dict = {}
     theta = np.load(out / "theta.npy")
     tg = np.load(out / "topic_gene.npy")
@@ -332,10 +248,9 @@ def score(out: Path, labels, seed: int) -> dict:
         res["logits"] = {k: s.get(k) for k in ("ari_oracle", "nmi_oracle", "resolution_oracle",
                                                "n_clusters_oracle", "ari_fixed", "nmi_fixed",
                                                "n_clusters_fixed")}
-    td, tdx = _td(tg)
-    res["topic_diversity"] = td
-    res["topic_diversity_exclusive"] = tdx
-    res["interpretability_purity"] = _purity(theta, labels)
+    res["topic_diversity"] = topic_diversity(tg, 10)
+    res["topic_diversity_exclusive"] = topic_diversity_exclusive(tg, 10)
+    res["interpretability_purity"] = float(interpretability_purity(theta, labels))
     res["n_topics_used"] = int(np.unique(np.argmax(theta, axis=1)).size)
     return res
 
@@ -371,14 +286,6 @@ def ratios(rows: dict) -> dict:
     return out
 
 
-def _f(x, nd=3):
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return str(x)
-
-
 def markdown(report: dict) -> str:
     p, rows = report["prep"], report["contenders"]
     L = [f"# sctopic vs reference packages: {report['dataset']}", "",
@@ -398,22 +305,22 @@ def markdown(report: dict) -> str:
             continue
         th, lg = r["theta"], r.get("logits") or {}
         L.append("| " + " | ".join([
-            name + (" (reused)" if r.get("reused_from_earlier_run") else ""), _f(r.get("batch_size")),
-            _f(r["seconds_per_epoch_mean"]), _f(r.get("seconds_per_epoch_first140")),
-            _f(r.get("seconds_per_epoch_after140")), _f(r["cells_per_second"], 0),
-            _f(r["train_seconds"], 1), _f(r.get("setup_seconds"), 1), _f(r["peak_rss_mb"], 0),
-            _f(th["ari_oracle"]), _f(th["nmi_oracle"]), _f(th.get("ari_fixed")),
-            _f(lg.get("ari_oracle")), _f(r["topic_diversity"]), _f(r["topic_diversity_exclusive"]),
-            _f(r["interpretability_purity"]),
-            "/".join(_f(x, 1) for x in (r.get("loadavg_1min_before_after") or [])) or "-",
-            "/".join(_f(x, 0) for x in (r.get("calibration_gflops_before_after") or [])) or "-",
+            name + (" (reused)" if r.get("reused_from_earlier_run") else ""), fmt(r.get("batch_size")),
+            fmt(r["seconds_per_epoch_mean"]), fmt(r.get("seconds_per_epoch_first140")),
+            fmt(r.get("seconds_per_epoch_after140")), fmt(r["cells_per_second"], 0),
+            fmt(r["train_seconds"], 1), fmt(r.get("setup_seconds"), 1), fmt(r["peak_rss_mb"], 0),
+            fmt(th["ari_oracle"]), fmt(th["nmi_oracle"]), fmt(th.get("ari_fixed")),
+            fmt(lg.get("ari_oracle")), fmt(r["topic_diversity"]), fmt(r["topic_diversity_exclusive"]),
+            fmt(r["interpretability_purity"]),
+            "/".join(fmt(x, 1) for x in (r.get("loadavg_1min_before_after") or [])) or "-",
+            "/".join(fmt(x, 0) for x in (r.get("calibration_gflops_before_after") or [])) or "-",
         ]) + " |")
     if report.get("ratios"):
         L += ["", "Ratios (sctopic vs reference; speedup > 1 means sctopic is faster):", "",
               "| pair | speedup s/epoch | speedup cells/s | speedup train s | RSS ratio | ARI ratio "
               "| ARI diff | NMI diff | TD ratio | TD excl ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
         for pair, q in report["ratios"].items():
-            L.append("| " + " | ".join([pair] + [_f(q[k]) for k in (
+            L.append("| " + " | ".join([pair] + [fmt(q[k]) for k in (
                 "speedup_seconds_per_epoch", "speedup_cells_per_second", "speedup_train_seconds",
                 "peak_rss_ratio", "ari_oracle_ratio", "ari_oracle_diff", "nmi_oracle_diff",
                 "td_ratio", "td_exclusive_ratio")]) + " |")
@@ -482,10 +389,8 @@ def plot_epochs(rows: dict, path: Path, args) -> Path | None:
     ax.set_title(f"{args.dataset}: {args.n_topics} topics, {args.threads} threads")
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -537,15 +442,8 @@ def main(argv=None) -> int:
         "prep": prep, "contenders": rows, "ratios": ratios(rows),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
-    res_dir = Path(args.results_dir)
-    res_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.epochs == DEFAULT_EPOCHS else f"_e{args.epochs}"
-    stem = res_dir / f"vs_reference_{args.dataset}{suffix}"
-    for path, text in ((stem.with_suffix(".json"), json.dumps(report, indent=1, default=str)),
-                       (stem.with_suffix(".md"), markdown(report))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    stem = write_report(Path(args.results_dir) / f"vs_reference_{args.dataset}{suffix}", report, markdown(report))
     png = plot_epochs(rows, stem.with_name(stem.name + "_epochs.png"), args)
     print(markdown(report))
     print(f"wrote {stem}.json and {stem}.md" + (f" and {png.name}" if png else ""))

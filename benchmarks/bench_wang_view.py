@@ -30,8 +30,6 @@ Usage: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_wang_view.py [--epo
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import time
@@ -42,12 +40,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from harness import DATASETS, RESULTS, make_parser, write_json, write_text
 
 from sctopic.metrics import ari, cluster_sweep, nmi
-
-DATA = Path(os.environ.get("SCTOPIC_DATA", "/work/shared/data"))
-RESULTS = Path(__file__).resolve().parent / "results"
-WANG = "wang2016_pancreas_scgpt_embedding.csv.gz"
 
 
 def sweep(emb, labels, seed: int = 0) -> dict:
@@ -67,7 +62,7 @@ def knn_accuracy(emb: np.ndarray, labels: np.ndarray) -> float:
 
 def load_wang(seed: int = 0):
     """AnnData with no genes and the scGPT embedding in obsm, plus a shuffled DataFrame copy."""
-    df = pd.read_csv(DATA / WANG)
+    df = pd.read_csv(DATASETS["wang_scgpt"].path)
     dims = [c for c in df.columns if c.startswith("scgpt_")]
     names = df["cell_index"].astype(str).to_numpy()
     adata = ad.AnnData(X=sp.csr_matrix((len(df), 0), dtype=np.float32),
@@ -204,7 +199,7 @@ def offline_section(seeds: tuple[int, ...]) -> dict:
     return res
 
 
-def write_md(r: dict, path: Path) -> None:
+def write_md(r: dict, path: Path) -> str:
     w = r["wang"]
     v = w["view"]
     lines = [
@@ -266,14 +261,14 @@ def write_md(r: dict, path: Path) -> None:
                      f"{o[key]['nmi_oracle'][0]:.3f} +- {o[key]['nmi_oracle'][1]:.3f} |")
     lines.append(f"| pca (50 PCs) | {o['pca']['ari_oracle']:.3f} | {o['pca']['nmi_oracle']:.3f} |")
     lines.append("")
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    write_text(path, text)
+    return text
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=300)
+    p = make_parser(__doc__, epochs=300, seeds=[0, 1, 2])
     p.add_argument("--ks", type=int, nargs="+", default=[10, 20, 100])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--skip-offline", action="store_true")
     args = p.parse_args()
     import torch
@@ -290,11 +285,9 @@ def main() -> None:
     if not args.skip_offline:
         r["offline"] = offline_section(tuple(range(5)))
     r["seconds_total"] = time.perf_counter() - t0
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "wang_scgpt_view.json").write_text(json.dumps(r, indent=1, default=float) + "\n")
+    write_json(RESULTS / "wang_scgpt_view.json", r)
     if "offline" in r:
-        write_md(r, RESULTS / "wang_scgpt_view.md")
-    print((RESULTS / "wang_scgpt_view.md").read_text())
+        print(write_md(r, RESULTS / "wang_scgpt_view.md"))
     print(f"total {r['seconds_total']:.1f} s")
 
 

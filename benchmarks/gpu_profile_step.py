@@ -8,29 +8,28 @@ profiler. Writes the full table to ``$OUT/profile_step.txt``.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from pathlib import Path
 
 import anndata as ad
+import bench_flops as F
 import torch
+from harness import DATASETS, make_parser, time_fn, write_text
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import bench_flops as F  # noqa: E402
-
-import sctopic  # noqa: E402
+import sctopic
 
 
-def main() -> int:
-    data = Path(os.environ.get("SCTOPIC_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
+def main(argv=None) -> int:
+    make_parser(__doc__).parse_args(argv)  # no options: --help only
+    adata = ad.read_h5ad(DATASETS["kang8"].path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = sctopic.SCE2TM(ad.read_h5ad(data / "kang2018_pbmc_ctrl_8donors.h5ad"), seed=0)
+        m = sctopic.SCE2TM(adata, seed=0)
     dev = "cuda"
     m.module.to(dev)
-    mod, fwd_bwd, full_step, opt, kw = F.make_step(m, m._X, m.external_.matrix, 512, 0, "dense", device=dev)
-    step = F.time_fn(full_step, 30, warmup=5, stat="median", device=dev)
+    mod, fwd_bwd, full_step, opt, kw = F.make_step(m, F.model_counts(m, adata), m.external_.matrix, 512, 0,
+                                                   "dense", device=dev)
+    step = time_fn(full_step, 30, warmup=5, stat="median", device=dev)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -48,8 +47,7 @@ def main() -> int:
     text = (f"median step {step * 1e3:.2f} ms; summed kernel time per step {dev_total:.2f} ms; "
             f"per step counts {syncs}; sinkhorn iterations {getattr(mod.ecr, 'last_iterations', '?')}\n\n"
             f"By device time:\n{by_dev}\n\nBy host time:\n{by_cpu}\n")
-    out = Path(os.environ.get("OUT", "/tmp"))
-    (out / "profile_step.txt").write_text(text)
+    write_text(Path(os.environ.get("OUT", "/tmp")) / "profile_step.txt", text)
     print(text[:6000])
     return 0
 

@@ -27,9 +27,7 @@ Open the result with ``anndata.read_h5ad(path, backed="r")``.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -45,8 +43,11 @@ try:
 except ImportError:  # anndata < 0.11
     from anndata.experimental import write_elem
 
-ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT.parent / "shared" / "data" / "kang2018_pbmc_ctrl_8donors.h5ad"
+if str(Path(__file__).resolve().parent) not in sys.path:  # also imported by path (tests/test_make_scaled.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import DATASETS, make_parser, peak_rss_mib  # noqa: E402
+
+SOURCE = DATASETS["kang8"].path
 
 #: Rows per binomial call inside a chunk (bounds the temporaries of the thinning step).
 _ROWS_PER_DRAW = 8192
@@ -198,11 +199,10 @@ def _thinned_block(X: sp.csr_matrix, counts: np.ndarray, rows: np.ndarray, p: np
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = make_parser(__doc__, seed=0)
     ap.add_argument("--n-cells", type=int, required=True, help="number of output cells N")
     ap.add_argument("--out", required=True, help="output .h5ad")
     ap.add_argument("--source", default=str(SOURCE), help="real counts to resample (default: Kang 8 donors)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--chunk", type=int, default=100_000, help="cells per written chunk (default 100000)")
     ap.add_argument("--thin", type=float, default=0.9, help="mean binomial thinning probability (default 0.9)")
     ap.add_argument("--concentration", type=float, default=100.0,
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     stats = make_scaled(args.n_cells, args.out, source=args.source, seed=args.seed, chunk=args.chunk,
                         thin=args.thin, concentration=args.concentration, compression=args.compression)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_mib = peak_rss_mib()
     print(f"wrote {stats['out']}: {stats['n_cells']} cells x {stats['n_genes']} genes, "
           f"{stats['nnz']} non-zeros in {stats['seconds']:.1f} s; peak RSS {peak_mib:.0f} MiB")
     return 0

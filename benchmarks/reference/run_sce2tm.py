@@ -41,19 +41,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import runner as C  # this folder is sys.path[0] when the runner runs as a file
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--input", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n-topics", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=512)
+    p = C.runner_parser(__doc__, epochs=200, batch_size=512)
     p.add_argument("--n-neighbors", type=int, default=15)
     p.add_argument("--name", default="bench", help="dataset name used for the CSV file names")
     p.add_argument("--trace-sinkhorn", action=argparse.BooleanOptionalAction, default=True)
@@ -179,17 +171,13 @@ def per_epoch_seconds() -> tuple[list[float], float]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    C.pin_threads_env(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    clock = C.Clock()  # write_csv_seconds: from here (torch's import included) to the CSVs written
+    out, data = C.start(args)
     log_path = out / "train.log"
-    clock = C.Clock()
 
     import numpy as np
     import torch
 
-    C.pin_torch_threads(args.threads)
-    data = C.load_input(args.input)
     n_cells, n_genes = data["X"].shape
     if data["embedding"].shape[1] != 512:
         # CrossModalClusterHead is hard-wired to input_dim=512 in sce2tm 1.2.3
@@ -241,8 +229,8 @@ def main(argv=None) -> int:
         a.gene_embeddings = handler.gene_embeddings
         runner = Runner(a)
         setup_seconds = time.perf_counter() - t_setup0
-        rss_before_train = C.current_rss_mb()
-        peak_before_train = C.peak_rss_mb()
+        rss_before_train = C.current_rss_mib()
+        peak_before_train = C.peak_rss_mib()
 
         t_train0 = time.perf_counter()
         beta = runner.train(
@@ -250,7 +238,7 @@ def main(argv=None) -> int:
             gene_vocab=handler.gene_vocab, num_top_genes=a.num_top_genes, cell_labels=None,
         )
         t_train1 = time.perf_counter()
-        peak_after_train = C.peak_rss_mb()
+        peak_after_train = C.peak_rss_mib()
 
         # the package's "cell-topic matrix": Runner.test -> model in eval mode ->
         # encode_expression -> z = mu (batch-normalised encoder mean, no softmax)
@@ -296,14 +284,7 @@ def main(argv=None) -> int:
     sink = _Timeline.sinkhorn_iters
     steps_per_epoch = int(np.ceil(n_cells / args.batch_size))
     timings = {
-        "contender": "sce2tm",
-        "n_cells": n_cells,
-        "n_genes": n_genes,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "n_topics": args.n_topics,
-        "seed": args.seed,
-        "threads": args.threads,
+        **C.run_settings("sce2tm", args, n_cells, n_genes),
         "steps_per_epoch": steps_per_epoch,
         "train_seconds": train_seconds,
         "train_wall_seconds_incl_eval": t_train1 - t_train0,
@@ -313,13 +294,8 @@ def main(argv=None) -> int:
                       "mutual-kNN graphs with per-cell Python loops",
         "write_csv_seconds": clock.laps["write_csv"],
         "inference_seconds": infer_seconds,
-        "epoch_seconds": epoch_secs,
-        **C.epoch_summary(epoch_secs),
-        "cells_per_second": n_cells * len(epoch_secs) / train_seconds if train_seconds else None,
-        "peak_rss_mb": C.peak_rss_mb(),
-        "peak_rss_mb_before_train": peak_before_train,
-        "peak_rss_mb_after_train": peak_after_train,
-        "rss_mb_before_train": rss_before_train,
+        **C.train_summary(epoch_secs, n_cells * len(epoch_secs) / train_seconds if train_seconds else None,
+                          peak_before_train, peak_after_train, rss_before_train),
         "sinkhorn_iterations_per_step": sink if args.trace_sinkhorn else None,
         "sinkhorn_iterations_per_epoch_mean": (
             [float(np.mean(sink[i:i + steps_per_epoch])) for i in range(0, len(sink), steps_per_epoch)]
@@ -339,18 +315,15 @@ def main(argv=None) -> int:
             "Runner.evaluate replaced by its only training-relevant part, self.test(); excluded "
             "from train time",
         ] + (["ECR.forward: verbatim copy + Sinkhorn iteration counter"] if args.trace_sinkhorn else []),
-        "env": C.environment(["sce2tm", "numpy", "scipy", "pandas", "scanpy", "umap-learn",
-                              "pynndescent", "numba", "faiss-cpu", "gseapy"]),
     }
-    C.save_json(out / "timings.json", timings)
     if not args.keep_csv:
         import shutil
 
         shutil.rmtree(data_dir, ignore_errors=True)
-    print(f"[sce2tm] {args.epochs} epochs in {train_seconds:.1f} s "
-          f"({timings['seconds_per_epoch_mean']:.3f} s/epoch), setup {setup_seconds:.1f} s, "
-          f"peak RSS {timings['peak_rss_mb']:.0f} MiB -> {out}")
-    return 0
+    return C.finish(out, timings, ["sce2tm", "numpy", "scipy", "pandas", "scanpy", "umap-learn",
+                              "pynndescent", "numba", "faiss-cpu", "gseapy"],
+                    f"[sce2tm] {args.epochs} epochs in {train_seconds:.1f} s "
+                    f"({timings['seconds_per_epoch_mean']:.3f} s/epoch), setup {setup_seconds:.1f} s")
 
 
 class _Tee(io.TextIOBase):

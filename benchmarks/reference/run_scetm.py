@@ -30,26 +30,16 @@ softmax over genes, the per-topic gene distribution), ``timings.json``, ``train.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import runner as C  # this folder is sys.path[0] when the runner runs as a file
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--input", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n-topics", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=2000, help="scETM's default is 2000")
+    p = C.runner_parser(__doc__, epochs=200, batch_size=2000, batch_help="scETM's default is 2000")
     p.add_argument("--n-samplers", type=int, default=4, help="scETM's default is 4 threads")
     p.add_argument("--batch-key", default=None,
                    help="use the 'batches' array of input.npz as scETM's batch (intercepts)")
@@ -58,9 +48,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    C.pin_threads_env(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, data = C.start(args)
 
     import anndata as ad
     import numpy as np
@@ -68,8 +56,6 @@ def main(argv=None) -> int:
     import scipy.sparse as sp
     import torch
 
-    C.pin_torch_threads(args.threads)
-    data = C.load_input(args.input)
     n_cells, n_genes = data["X"].shape
     obs = pd.DataFrame({"cell_types": data["labels"]}, index=data["cells"])
     # scETM tests isinstance(adata.X, scipy.sparse.spmatrix): keep a csr_matrix, not csr_array
@@ -111,15 +97,15 @@ def main(argv=None) -> int:
             return rec
 
         model.train_step = timed_train_step
-        rss_before_train = C.current_rss_mb()
-        peak_before_train = C.peak_rss_mb()
+        rss_before_train = C.current_rss_mib()
+        peak_before_train = C.peak_rss_mib()
         t_train0 = time.perf_counter()
         trainer.train(
             n_epochs=args.epochs, eval=False, save_model_ckpt=False, n_samplers=args.n_samplers,
             eval_every=args.epochs, batch_col="batch_indices",
         )
         t_train1 = time.perf_counter()
-        peak_after_train = C.peak_rss_mb()
+        peak_after_train = C.peak_rss_mib()
 
         t_inf0 = time.perf_counter()
         embs, _ = model.get_cell_embeddings_and_nll(
@@ -147,14 +133,7 @@ def main(argv=None) -> int:
     C.save_npy(out / "topic_gene_softmax.npy", C.softmax_rows(beta))
 
     timings = {
-        "contender": "scetm",
-        "n_cells": n_cells,
-        "n_genes": n_genes,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "n_topics": args.n_topics,
-        "seed": args.seed,
-        "threads": args.threads,
+        **C.run_settings("scetm", args, n_cells, n_genes),
         "n_samplers": args.n_samplers,
         "n_batches": n_batches,
         "n_steps": len(stamps),
@@ -163,28 +142,20 @@ def main(argv=None) -> int:
         "seconds_per_step_mean": float(np.mean(np.diff([t_train0] + list(times)))) if stamps else None,
         "setup_seconds": setup_seconds,
         "inference_seconds": infer_seconds,
-        "epoch_seconds": epoch_secs,
-        **C.epoch_summary(epoch_secs),
         # with batch_size >= n_cells scETM feeds the whole data set at every step
-        "cells_per_second": len(stamps) * min(args.batch_size, n_cells) / train_seconds,
-        "peak_rss_mb": C.peak_rss_mb(),
-        "peak_rss_mb_before_train": peak_before_train,
-        "peak_rss_mb_after_train": peak_after_train,
-        "rss_mb_before_train": rss_before_train,
+        **C.train_summary(epoch_secs, len(stamps) * min(args.batch_size, n_cells) / train_seconds,
+                          peak_before_train, peak_after_train, rss_before_train),
         "outputs": {
             "theta.npy": "softmax of the encoder mean (scETM eval-mode theta)",
             "logits.npy": "delta = encoder mean mu (scETM's default clustering input)",
             "topic_gene.npy": "alpha @ rho, K x V, unnormalised logits",
             "topic_gene_softmax.npy": "softmax over genes of alpha @ rho (per-topic distribution)",
         },
-        "shims": [],
-        "env": C.environment(["scetm", "numpy", "scipy", "pandas", "scanpy", "anndata"]),
+        "shims": [],  # none needed on torch 2.13 (see the module docstring)
     }
-    C.save_json(out / "timings.json", timings)
-    print(f"[scetm] {args.epochs} epochs ({len(stamps)} steps of {min(args.batch_size, n_cells)}) in "
-          f"{train_seconds:.1f} s ({timings['seconds_per_epoch_mean']:.3f} s/epoch), "
-          f"peak RSS {timings['peak_rss_mb']:.0f} MiB -> {out}")
-    return 0
+    return C.finish(out, timings, ["scetm", "numpy", "scipy", "pandas", "scanpy", "anndata"],
+                    f"[scetm] {args.epochs} epochs ({len(stamps)} steps of {min(args.batch_size, n_cells)}) in "
+                    f"{train_seconds:.1f} s ({timings['seconds_per_epoch_mean']:.3f} s/epoch)")
 
 
 if __name__ == "__main__":

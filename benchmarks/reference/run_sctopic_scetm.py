@@ -9,42 +9,28 @@ Runs in the project environment, in its own process (peak RSS measured like the 
 Settings are scETM 0.5.0's defaults, which are also SCETM's: 2000 cells per batch, Adam lr
 5e-3 decayed by exp(-6e-5) per step, KL weight warmed to 1e-7 over the first third, encoder
 hidden 128 with dropout 0.1, gene embedding 400, library-normalised input and loss.
-Training seconds are the sum of ``model.history_["epoch_seconds"]``.
+Training seconds are the sum of ``model.history["epoch_seconds"]``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import runner as C  # this folder is sys.path[0] when the runner runs as a file
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--input", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=int, default=800)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n-topics", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=2000)
+    p = C.runner_parser(__doc__, epochs=800, batch_size=2000)
     p.add_argument("--batch-key", action="store_true", help="batch intercepts from the npz 'batches'")
     args = p.parse_args(argv)
-    C.pin_threads_env(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, data = C.start(args)
 
     import anndata as ad
     import numpy as np
     import pandas as pd
 
-    C.pin_torch_threads(args.threads)
     import sctopic
 
-    data = C.load_input(args.input)
     n_cells, n_genes = data["X"].shape
     obs = pd.DataFrame({"cell_type": data["labels"]}, index=data["cells"])
     if args.batch_key:
@@ -53,14 +39,14 @@ def main(argv=None) -> int:
     del data
     t0 = time.perf_counter()
     model = sctopic.SCETM(adata, n_topics=args.n_topics, batch_key="batch" if args.batch_key else None,
-                          seed=args.seed)
+                          seed=args.seed, n_top_genes=None)  # the input's genes, as scetm
     t_init = time.perf_counter() - t0
-    peak_before_train = C.peak_rss_mb()
+    peak_before_train = C.peak_rss_mib()
     t1 = time.perf_counter()
     model.train(max_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, progress=False,
                 write_results=False)
     train_call_seconds = time.perf_counter() - t1
-    epoch_secs = [float(x) for x in model.history_["epoch_seconds"]]
+    epoch_secs = [float(x) for x in model.history["epoch_seconds"]]
     train_seconds = sum(epoch_secs)
     t2 = time.perf_counter()
     logits = model.get_cell_topics(logits=True)
@@ -69,21 +55,15 @@ def main(argv=None) -> int:
     C.save_npy(out / "theta.npy", model.get_cell_topics().astype(np.float32))
     C.save_npy(out / "topic_gene.npy", model.get_topic_gene().to_numpy().astype(np.float32))
     timings = {
-        "contender": "sctopic_scetm", "n_cells": n_cells, "n_genes": n_genes, "epochs": args.epochs,
-        "batch_size": args.batch_size, "n_topics": args.n_topics, "seed": args.seed,
-        "threads": args.threads, "n_batches": model.n_batches,
+        **C.run_settings("sctopic_scetm", args, n_cells, n_genes), "n_batches": model.n_batches,
         "train_seconds": train_seconds, "train_call_seconds": train_call_seconds,
         "setup_seconds": t_init + max(0.0, train_call_seconds - train_seconds),
-        "inference_seconds": infer_seconds, "epoch_seconds": epoch_secs,
-        **C.epoch_summary(epoch_secs),
-        "cells_per_second": n_cells * args.epochs / train_seconds,
-        "peak_rss_mb": C.peak_rss_mb(), "peak_rss_mb_before_train": peak_before_train,
-        "env": C.environment(["sctopic", "numpy", "scipy", "torch", "anndata"]),
+        "inference_seconds": infer_seconds,
+        **C.train_summary(epoch_secs, n_cells * args.epochs / train_seconds, peak_before_train),
     }
-    C.save_json(out / "timings.json", timings)
-    print(f"[sctopic_scetm] {args.epochs} epochs in {train_seconds:.1f} s "
-          f"({timings['seconds_per_epoch_mean']:.3f} s/epoch), peak RSS {timings['peak_rss_mb']:.0f} MiB")
-    return 0
+    return C.finish(out, timings, ["sctopic", "numpy", "scipy", "torch", "anndata"],
+                    f"[sctopic_scetm] {args.epochs} epochs in {train_seconds:.1f} s "
+                    f"({timings['seconds_per_epoch_mean']:.3f} s/epoch)")
 
 
 if __name__ == "__main__":
