@@ -77,7 +77,7 @@ def run_fingerprint(model: Any, X: Any, settings: dict[str, Any]) -> dict[str, A
     Parameters
     ----------
     model
-        The topic model (its class, ``_init_kwargs``, ``genes`` and batch categories are used).
+        The topic model (its class, ``init_params``, ``genes`` and batch categories are used).
     X
         The training matrix (cells x genes, scipy sparse or dense): its shape, number of
         non-zeros and total count summarise the data.
@@ -102,7 +102,7 @@ def run_fingerprint(model: Any, X: Any, settings: dict[str, Any]) -> dict[str, A
     genes = [str(g) for g in model.genes]
     fp = {
         "class": type(model).__name__,
-        "init": model._init_kwargs,
+        "init": model.init_params,
         "train": settings,
         "data": {
             "n_cells": int(X.shape[0]),
