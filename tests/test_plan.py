@@ -35,6 +35,18 @@ def test_warmup_is_a_ramp_from_zero_or_a_constant():
     assert warmup(0.5, 0.0) == Constant(0.5)
     assert [warmup(1.0, 0.5)(e, 10) for e in (0, 1, 5, 9)] == pytest.approx([0.0, 0.2, 1.0, 1.0])
     assert Constant(3.0).describe() == {"schedule": "Constant", "value": 3.0}
+    # Delayed: 0 for the first half, then linear over a quarter (ECR's warm-up option).
+    assert [warmup(2.0, 0.25, 0.5)(e, 8) for e in (0, 3, 4, 5, 6, 7)] == pytest.approx([0, 0, 0, 1, 2, 2])
+
+
+def test_ecr_delay_skips_ecr_and_keeps_the_history_aligned(pbmc_small):
+    model = sctopic.SCE2TM(pbmc_small.copy(), n_topics=6, seed=0)
+    model.train(max_epochs=4, progress=False, device="cpu", ecr_delay=0.5, ecr_warmup=0.25)
+    hist = model.history
+    # Weight 0 through epoch 2 (the ramp starts from 0 there), 1.0 * ecr_weight in epoch 3.
+    assert len(hist) == 4 and hist["ecr"].isna().tolist() == [True, True, True, False]
+    assert hist["loss"].notna().all()
+    assert model.train_settings_["ecr_delay"] == 0.5
 
 
 def test_plan_evaluates_every_weight_per_epoch():

@@ -18,7 +18,7 @@ from sctopic.models.batches import cross_view_batches, plain_batches
 from sctopic.nn.sce2tm import SCE2TMModule
 from sctopic.nn.sinkhorn import ECR_GRADS
 from sctopic.train.plan import Optimisation, TrainingPlan
-from sctopic.train.schedules import Constant
+from sctopic.train.schedules import warmup
 from sctopic.utils.random import seeded
 
 
@@ -126,7 +126,8 @@ class SCE2TM(BaseTopicModel):
                 f"batches={self.n_batches}; {'trained' if self.is_trained else 'untrained'})")
 
     def train(self, max_epochs: int = 500, batch_size: int = 512, lr: float = 1e-3, seed: int = 0, *,
-              lr_step_epochs: int | None = -1, optimizer: str = "rmsprop", **run_options) -> "SCE2TM":
+              lr_step_epochs: int | None = -1, optimizer: str = "rmsprop", ecr_delay: float = 0.0,
+              ecr_warmup: float = 0.0, **run_options) -> "SCE2TM":
         """Train the model (the paper's schedule: 500 epochs of 512 cells, RMSprop at 1e-3).
 
         Parameters
@@ -141,6 +142,10 @@ class SCE2TM(BaseTopicModel):
             ``max_epochs`` (the paper halves every 125 of 500); ``None``: constant.
         optimizer
             ``"rmsprop"`` (paper), ``"adam"`` or ``"adamw"``.
+        ecr_delay, ecr_warmup
+            ECR off for the first ``ecr_delay`` fraction of epochs (no Sinkhorn solve), then
+            ramped linearly to ``ecr_weight`` over the next ``ecr_warmup`` fraction (default 0
+            and 0: the full weight from the first step, as in the paper).
         **run_options
             How the run executes: ``device``, ``progress``, ``storage``, ``write_results``,
             ``checkpoint_path``, ``checkpoint_every``, ``resume``, ``distributed``,
@@ -152,9 +157,12 @@ class SCE2TM(BaseTopicModel):
             raise InputError("this model was loaded from a file, which does not store the external view; "
                              "continuing training is not supported yet: create a new SCE2TM to train.")
         step = max(1, max_epochs // 4) if lr_step_epochs == -1 else lr_step_epochs
+        settings = {"lr_step_epochs": step}
+        if ecr_delay or ecr_warmup:  # only then: checkpoints of runs without them stay resumable
+            settings.update(ecr_delay=ecr_delay, ecr_warmup=ecr_warmup)
         plan = TrainingPlan(max_epochs, batch_size, seed, Optimisation(optimizer, lr, lr_step_epochs=step),
-                            weights={"ecr_weight": Constant(k["ecr_weight"])},
-                            settings={"lr_step_epochs": step})
+                            weights={"ecr_weight": warmup(k["ecr_weight"], ecr_warmup, ecr_delay)},
+                            settings=settings)
         ecr = self.module.ecr
         stats = (lambda: {"sinkhorn_iterations": float(ecr.last_iterations)}) if k["ecr_weight"] > 0 else None
         self._fit(plan, run_options, self._batch_builder(batch_size, seed), stats)

@@ -63,10 +63,10 @@ class Ramp(Schedule):
         return float(self.top * min(1.0, max(0.0, (epoch - e0) / span)))
 
 
-def warmup(top: float, fraction: float) -> Schedule:
-    """A linear warm-up from 0 to ``top`` over the first ``fraction`` of training
-    (``fraction <= 0``: ``top`` throughout)."""
-    return Ramp(top, 0.0, fraction) if fraction > 0 else Constant(top)
+def warmup(top: float, fraction: float, delay: float = 0.0) -> Schedule:
+    """0 for the first ``delay`` of training, then a linear warm-up to ``top`` over the next
+    ``fraction`` (both 0: ``top`` throughout)."""
+    return Ramp(top, delay, fraction) if fraction > 0 or delay > 0 else Constant(top)
 
 
 __all__ = ["Constant", "Ramp", "Schedule", "warmup"]

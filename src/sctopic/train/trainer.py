@@ -168,8 +168,7 @@ class Trainer:
             self.epoch = epoch + 1
             if self.reduce_sum is not None:
                 sums, n_seen = self._reduce(sums, n_seen)
-            for k, v in sums.items():
-                self.history[k].append(v / max(n_seen, 1))
+            self._record(epoch, {k: v / max(n_seen, 1) for k, v in sums.items()})
             self.history["epoch_seconds"].append(time.perf_counter() - t0)
             self.history["lr"].append(self.optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{self.history['loss'][-1]:.4g}")
@@ -177,6 +176,16 @@ class Trainer:
                 on_epoch_end(self.epoch)
         bar.close()
         return dict(self.history)
+
+    def _record(self, epoch: int, means: dict[str, float]) -> None:
+        """Append the epoch's means; a term absent in some epochs (e.g. ECR while its weight is
+        still 0) gets NaN there, so every history list stays aligned with the epochs."""
+        for k in set(self.history) - set(means) - {"epoch_seconds", "lr"}:
+            means[k] = math.nan
+        for k, v in means.items():
+            hist = self.history[k]
+            hist.extend([math.nan] * (epoch - len(hist)))
+            hist.append(v)
 
     def _reduce(self, sums: dict[str, float], n_seen: int) -> tuple[dict[str, float], float]:
         """Sum the epoch's loss sums and cell count over processes (one collective call)."""
