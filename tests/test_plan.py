@@ -221,3 +221,23 @@ def test_a_third_model_trains_resumes_and_saves_through_the_plan(pbmc_small, tmp
     straight.save(tmp_path / "etm.pt")
     loaded = ETM.load(tmp_path / "etm.pt", adata=pbmc_small.copy())
     np.testing.assert_array_equal(loaded.get_topic_gene().to_numpy(), straight.get_topic_gene().to_numpy())
+
+
+# ---------------------------------------------------------------- scanpy habits
+def test_topics_to_obs_writes_named_columns(trained_pair):
+    from sctopic.tl import topics_to_obs
+
+    model = trained_pair[0]
+    adata = model.adata.copy()
+    cols = topics_to_obs(adata)
+    assert cols == [f"topic_{k}" for k in range(8)]
+    np.testing.assert_array_equal(adata.obs[cols].to_numpy(), np.asarray(adata.obsm["X_sce2tm"], dtype=np.float64))
+    cols = topics_to_obs(adata, "X_sce2tm_logits", prefix="sce2tm_")
+    assert cols[0] == "sce2tm_topic_0"
+    np.testing.assert_array_equal(adata.obs[cols].to_numpy(), np.asarray(adata.obsm["X_sce2tm_logits"], dtype=np.float64))
+    with pytest.raises(InputError, match="obsm\\['X_nope'\\] not found"):
+        topics_to_obs(adata, "nope")
+
+
+def test_dir_lists_the_lazy_names():
+    assert {"SCE2TM", "SCETM", "transfer", "load_model", "tl"} <= set(dir(sctopic))

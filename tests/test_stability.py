@@ -93,8 +93,18 @@ def test_stability_ranks_noisier_k_lower_and_suggests():
     assert res.suggested_k == 5
     assert "K=5" in res.reason and "0.05" in res.reason
     d = res.to_dict()
-    assert d["suggested_k"] == 5 and len(d["table"]) == 3
+    assert d["suggested_k"] == 5 and len(d["table"]) == 3 and d["reproducible"] is True
     json.dumps(d)  # plain types
+
+
+def test_no_reproducible_k_warns_and_says_so():
+    # Independent random topics for every seed: nothing matches across seeds.
+    rng = np.random.default_rng(1)
+    fits = {(k, s): rng.gamma(0.5, size=(k, 60)) for k in (4, 6) for s in (0, 1, 2)}
+    with pytest.warns(UserWarning, match="No K gives reproducible topics"):
+        res = stability_from_fits(fits, min_similarity=0.9)
+    assert not res.reproducible and "Warning: no K gives reproducible topics" in res.reason
+    assert res.to_dict()["reproducible"] is False
 
 
 def test_suggest_rules():

@@ -18,10 +18,15 @@ _LAZY = {
 }
 _SUBMODULES = {
     "data", "external", "nn", "models", "train", "genesets", "metrics",
-    "analysis", "plotting", "bench", "datasets",
+    "analysis", "plotting", "bench", "datasets", "tl", "utils",
 }
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
+
+
+def __dir__() -> list[str]:
+    # The lazily imported names too, so tab completion offers SCE2TM, SCETM, transfer...
+    return sorted(__all__)
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -115,12 +116,16 @@ class StabilityResult:
     rule: str
     tolerance: float
     settings: dict = field(default_factory=dict)
+    #: False when no K reproduces at least half of its topics across seeds (see
+    #: :func:`reproducibility_warning`): the suggestion then rests on noise.
+    reproducible: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (NaN become ``None`` when written with ``write_json``)."""
         return {
             "suggested_k": int(self.suggested_k),
             "reason": self.reason,
+            "reproducible": bool(self.reproducible),
             "rule": self.rule,
             "tolerance": float(self.tolerance),
             "settings": self.settings,
@@ -206,6 +211,25 @@ def suggest_k(table: pd.DataFrame, rule: str = "tolerance", tolerance: float = 0
     return int(ks[i]), reason
 
 
+#: Share of topics that must match across seeds (similarity >= ``min_similarity``) at some K for
+#: the suggestion to count as resting on reproducible topics.
+REPRODUCIBLE_FRACTION = 0.5
+
+
+def reproducibility_warning(table: pd.DataFrame, min_similarity: float) -> str | None:
+    """A warning when no K reproduces at least half of its topics across seeds, else None."""
+    frac = table["stable_fraction_mean"].to_numpy(dtype=float)
+    if np.isfinite(frac).any() and np.nanmax(frac) >= REPRODUCIBLE_FRACTION:
+        return None
+    i = int(np.nanargmax(frac)) if np.isfinite(frac).any() else 0
+    return (
+        f"no K gives reproducible topics: at best {np.nan_to_num(frac[i]):.0%} of the topics (K="
+        f"{int(table['k'].iloc[i])}) match across seeds with cosine >= {min_similarity:g}, so the "
+        "suggested K rests on noise. Train longer (more epochs), try fewer topics or more cells, "
+        "and check that the data are raw counts."
+    )
+
+
 def _mean_sd(values) -> tuple[float, float]:
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
@@ -281,10 +305,15 @@ def stability_from_fits(
         rows.append(row)
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     k, reason = suggest_k(table, rule=rule, tolerance=tolerance)
+    warning = reproducibility_warning(table, min_similarity)
+    if warning:
+        warnings.warn(warning[0].upper() + warning[1:], UserWarning, stacklevel=2)
+        reason = f"{reason} Warning: {warning}"
     settings = dict(settings or {})
     settings.setdefault("center", bool(center))
     settings.setdefault("min_similarity", float(min_similarity))
-    return StabilityResult(table, runs, pairs, k, reason, rule, float(tolerance), settings)
+    return StabilityResult(table, runs, pairs, k, reason, rule, float(tolerance), settings,
+                           reproducible=warning is None)
 
 
 def topic_stability(
