@@ -208,3 +208,20 @@ def test_na_text_in_categorical_covariate_is_missing(rossi):
                                    covariates=pd.DataFrame({"group": grp}))
     assert tab["n_samples"].iloc[0] == len(rossi) - 7
     assert tab.attrs["covariates"] == ["cov_group_b"]
+
+
+def test_covariates_and_outcomes_align_by_sample_name(rossi):
+    # Labelled inputs in another row order must give the same Cox table as aligned ones
+    # (covariates used to be paired with the scores by position).
+    data = rossi.copy()
+    data.index = [f"s{i}" for i in range(len(data))]
+    scores, cov = data[["age", "prio"]], data[["fin", "race", "wexp", "mar", "paro"]]
+    aligned = survival_association(scores, data["week"], data["arrest"], covariates=cov)
+    order = np.random.default_rng(0).permutation(len(data))
+    shuffled = survival_association(scores, data["week"].iloc[order], data["arrest"].iloc[order[::-1]],
+                                    covariates=cov.iloc[order])
+    pd.testing.assert_frame_equal(aligned, shuffled)
+    with pytest.raises(InputError, match="no value for 1 of the 432 samples.*s5"):
+        survival_association(scores, data["week"], data["arrest"], covariates=cov.drop(index="s5"))
+    with pytest.raises(InputError, match="time has no value"):
+        survival_association(scores, data["week"].rename(lambda i: "x" + i), data["arrest"])

@@ -16,11 +16,27 @@ COLUMNS = ["topic", "hr", "ci_low", "ci_high", "coef", "se", "z", "p", "fdr", "p
            "n_samples", "n_events", "n_genes_used", "top_genes"]
 
 
+def _aligned(x, index, what: str):
+    """A Series or DataFrame labelled by sample names, put in the order of ``index`` (the
+    scores' samples); an unlabelled one (default RangeIndex) is taken in the given order.
+    Samples of ``index`` missing from a labelled ``x`` raise an error naming them."""
+    if not isinstance(x, (pd.Series, pd.DataFrame)) or index is None or x.index.equals(index):
+        return x
+    if isinstance(x.index, pd.RangeIndex) and x.index.equals(pd.RangeIndex(len(x))):
+        return x  # positional, as an array would be
+    missing = pd.Index(index).difference(x.index)
+    if len(missing):
+        eg = ", ".join(map(str, missing[:5]))
+        raise InputError(f"{what} has no value for {len(missing)} of the {len(index)} samples (e.g. {eg}); "
+                         "give it for every sample, indexed by the same sample names as the scores.")
+    if not x.index.is_unique:
+        raise InputError(f"{what} is indexed by duplicated sample names; make them unique.")
+    return x.reindex(index)
+
+
 def _as_vector(x, n: int, what: str, index=None) -> np.ndarray:
     """Values per sample; a Series indexed by sample names is aligned to ``index``."""
-    if isinstance(x, pd.Series) and index is not None and not x.index.equals(index) \
-            and pd.Index(index).isin(x.index).all():
-        x = x.reindex(index)
+    x = _aligned(x, index, what)
     arr = np.asarray(x, dtype=np.float64).ravel()
     if arr.shape[0] != n:
         raise InputError(f"{what} has {arr.shape[0]} values for {n} samples.")
@@ -31,6 +47,8 @@ def _covariate_frame(covariates, n: int, index) -> pd.DataFrame | None:
     if covariates is None:
         return None
     cov = covariates if isinstance(covariates, pd.DataFrame) else pd.DataFrame(np.asarray(covariates))
+    # Labelled rows are matched to the scores' samples by name (never by position).
+    cov = _aligned(cov, index, "covariates")
     if cov.shape[0] != n:
         raise InputError(f"covariates have {cov.shape[0]} rows for {n} samples.")
     cov = cov.reset_index(drop=True)
