@@ -105,3 +105,23 @@ def test_batch_indices_cover_all_cells_once():
     allidx = torch.cat(batches).sort().values
     assert torch.equal(allidx, torch.arange(1025))
     assert all(len(b) >= 2 for b in batches)  # a lone last cell is merged (batch norm)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_outputs_honour_the_umask(tmp_path, umask):
+    # Outputs are written to a private temporary file and renamed; the result must have the
+    # mode any new file gets (0666 less the umask), not the temporary file's 0600.
+    import os
+    import stat
+
+    from sctopic.data.io import atomic_write, write_text_atomic
+
+    old = os.umask(umask)
+    try:
+        out = write_text_atomic("x", tmp_path / "a.txt")
+        other = atomic_write(tmp_path / "b.bin", lambda tmp: open(tmp, "wb").write(b"1"))
+    finally:
+        os.umask(old)
+    for p in (out, other):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin"]  # no temporaries left

@@ -37,10 +37,40 @@ def read_adata(data: "ad.AnnData | str | os.PathLike", backed: bool = False) -> 
         raise InputError(f"could not read {path} as h5ad: {exc}") from exc
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (the only portable way to read it)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: "str | os.PathLike") -> None:
+    """Flush a file or folder to disk (a no-op where the system does not allow it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: "str | os.PathLike", write) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``.
 
-    An interrupted write leaves no half-written file under the final name.
+    An interrupted write leaves no half-written file under the final name: the temporary file
+    is flushed to disk before the rename, and the folder after it. The file gets the mode any
+    new file would (0666 less the umask), not the temporary file's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +78,10 @@ def atomic_write(path: "str | os.PathLike", write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
