@@ -57,6 +57,19 @@ def test_plan_evaluates_every_weight_per_epoch():
         TrainingPlan(0, 64, 0, Optimisation()).check()
 
 
+def test_bad_settings_fail_before_any_work(pbmc_small):
+    model = sctopic.SCETM(pbmc_small.copy(), n_topics=5)
+    for kw, msg in [({"lr": -1}, "lr must be a positive"), ({"lr": float("nan")}, "lr must be a positive"),
+                    ({"lr_decay": -1.0}, "lr_decay must be >= 0")]:
+        with pytest.raises(InputError, match=msg):
+            model.train(max_epochs=1, progress=False, device="cpu", **kw)
+    assert not model.is_trained
+    with pytest.raises(InputError, match="positive integer"):
+        model.top_genes(-3)
+    with pytest.raises(InputError, match="1000 topics for only 765 genes"):
+        sctopic.SCETM(pbmc_small.copy(), n_topics=1000)
+
+
 def test_unknown_run_option_names_the_valid_ones():
     with pytest.raises(InputError, match="unknown argument.*devcie.*device"):
         RunOptions.from_kwargs({"devcie": "cpu"})

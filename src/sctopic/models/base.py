@@ -55,6 +55,14 @@ class BaseTopicModel:
         self.history_: dict[str, list[float]] = {}
         self.train_settings_: dict[str, Any] = {}
 
+    def _check_topics(self, n_topics: int) -> None:
+        """K must be at least 2 and at most the number of genes (topics are distributions over them)."""
+        if int(n_topics) < 2:
+            raise InputError(f"n_topics must be at least 2, got {n_topics}.")
+        if int(n_topics) > len(self.genes):
+            raise InputError(f"{n_topics} topics for only {len(self.genes)} genes: topics cannot be distinct "
+                             "gene programs. Use fewer topics, or keep more genes (n_top_genes).")
+
     @property
     def n_batches(self) -> int:
         """Number of batches with intercepts (0 without ``batch_key``)."""
@@ -132,6 +140,8 @@ class BaseTopicModel:
 
     def top_genes(self, n: int = 10) -> pd.DataFrame:
         """The ``n`` highest-weighted genes of each topic: rows topics, columns ranks 1..n."""
+        if int(n) != n or n < 1:
+            raise InputError(f"n must be a positive integer (genes per topic), got {n!r}.")
         beta = self.get_topic_gene().to_numpy()
         n = int(min(n, beta.shape[1]))
         order = np.argsort(-beta, axis=1, kind="stable")[:, :n]

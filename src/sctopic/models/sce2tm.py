@@ -81,7 +81,7 @@ class SCE2TM(BaseTopicModel):
                  ecr_weight: float = 100.0, ecr_eps: float = 0.05, ecr_grad: str = "implicit",
                  entropy_weight: float = 5.0, temperature: float = 0.5, n_neighbors: int = 15,
                  batch_key: str | None = None, seed: int = 0, backed: bool = False):
-        if int(n_topics) < 2:
+        if int(n_topics) < 2:  # before reading the data: fail fast
             raise InputError(f"n_topics must be at least 2, got {n_topics}.")
         if ecr_weight < 0:
             raise InputError(f"ecr_weight must be >= 0, got {ecr_weight}.")
@@ -90,6 +90,7 @@ class SCE2TM(BaseTopicModel):
         if ecr_grad not in ECR_GRADS:
             raise InputError(f"ecr_grad must be one of {ECR_GRADS}, got {ecr_grad!r}.")
         self._setup(adata, layer, n_top_genes, backed, batch_key)
+        self._check_topics(n_topics)
         self._pca, self.external_ = None, None
         if cross_view or external_concat:
             if backed:

@@ -155,6 +155,14 @@ class TrainingPlan:
     def check(self) -> None:
         if self.max_epochs < 1 or self.batch_size < 2:
             raise InputError("max_epochs must be >= 1 and batch_size >= 2.")
+        opt = self.optimisation
+        if not (np.isfinite(opt.lr) and opt.lr > 0):
+            raise InputError(f"lr must be a positive number, got {opt.lr}.")
+        if not (np.isfinite(opt.lr_decay) and opt.lr_decay >= 0):
+            raise InputError(f"lr_decay must be >= 0, got {opt.lr_decay}.")
+        if opt.lr_step_epochs is not None and opt.lr_step_epochs < 0:
+            raise InputError(f"lr_step_epochs must be >= 1 (0 or None: a constant rate), got "
+                             f"{opt.lr_step_epochs}.")
 
     def weights_at(self, epoch: int) -> dict[str, float]:
         """Every loss weight's value in ``epoch`` (0-based)."""
