@@ -219,7 +219,7 @@ def test_enrich_cli_end_to_end(result_dir, pbmc_genes, tmp_path, capsys):
     d, _ = result_dir
     out = tmp_path / "enrich.tsv"
     rc = main(["enrich", str(d), "--genesets", "hallmark", "--permutations", "200",
-               "--top-n", "20", "--seed", "3", "--leading-edge", "--out", str(out)])
+               "--top-n", "20", "--seed", "3", "--leading-edge", "--all", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "hallmark: " in printed and "wrote 300 rows" in printed
@@ -239,13 +239,24 @@ def test_enrich_cli_end_to_end(result_dir, pbmc_genes, tmp_path, capsys):
     assert gsea0.loc[ifn, "statistic"] == gsea0["statistic"].max()
     assert set(gsea0.loc[ifn, "leading_edge"].split(",")) <= set(load("hallmark").members(ifn))
 
+    # By default: what a person reads, FDR <= 0.05 plus each topic's 3 best sets per method.
+    short = tmp_path / "short.tsv"
+    assert main(["-q", "enrich", str(d), "--genesets", "hallmark", "--permutations", "200",
+                 "--top-n", "20", "--seed", "3", "--leading-edge", "--out", str(short)]) == 0
+    default = pd.read_csv(short, sep="\t")
+    ranks = table.groupby(["method", "topic"])["p"].rank(method="first")
+    expected = table[(table["fdr"] <= 0.05) | (ranks <= 3)]
+    assert len(default) == len(expected) < len(table)
+    assert (default.groupby(["method", "topic"]).size() >= 3).all()
+    pd.testing.assert_frame_equal(default.reset_index(drop=True), expected.reset_index(drop=True))
+
     # --method, --max-fdr and a GMT path
     gmt = tmp_path / "mine.gmt"
     ifn_genes = load("hallmark").members(ifn)
     write_gmt({"IFN": ifn_genes, "OTHER": [g for g in pbmc_genes[::50] if g not in ifn_genes]}, gmt)
     out2 = tmp_path / "sub.tsv"
     rc = main(["-q", "enrich", str(d / "result.h5ad"), "-g", str(gmt), "--method", "ora",
-               "--max-fdr", "0.05", "--out", str(out2)])
+               "--max-fdr", "0.05", "--top-per-topic", "0", "--out", str(out2)])
     assert rc == 0
     sub = pd.read_csv(out2, sep="\t")
     assert (sub["fdr"] <= 0.05).all() and set(sub["library"]) == {"mine"}
@@ -264,6 +275,10 @@ def test_enrich_cli_errors(result_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "sctopic enrich: error:" in err and "kegg" in err
     assert not (tmp_path / "x.tsv").exists()
+    # An unwritable destination fails at once, naming it.
+    (tmp_path / "afile").write_text("")
+    rc = main(["enrich", str(d), "--genesets", "hallmark", "--out", str(tmp_path / "afile" / "x.tsv")])
+    assert rc == 2 and "cannot write" in capsys.readouterr().err
 
 
 def test_enrich_does_not_import_torch(result_dir, tmp_path):

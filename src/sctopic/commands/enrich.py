@@ -49,9 +49,15 @@ def register(subparsers) -> None:
     )
     p.add_argument("--jobs", type=positive_int, default=1, help="GSEA threads (default 1)")
     p.add_argument(
-        "--max-fdr", type=_fraction, default=1.0,
-        help="keep only rows with FDR <= this in the table (default 1: all rows)",
+        "--max-fdr", type=_fraction, default=0.05,
+        help="keep the rows with FDR <= this (default 0.05), plus --top-per-topic rows per topic",
     )
+    p.add_argument("--top-per-topic", type=nonneg_int, default=3,
+                   help="also keep each topic's N lowest-p sets per library and method, significant "
+                        "or not (default 3)")
+    p.add_argument("--all", action="store_true", dest="all_rows",
+                   help="write every (library, method, topic, set) row (large: ~800k rows for 100 "
+                        "topics x GO BP)")
     p.add_argument("--out", "-o", metavar="TABLE.tsv", help="output table (default: DIR/enrichment.tsv)")
     p.set_defaults(func=run)
 
@@ -66,9 +72,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
     if args.size_grid is not None and not args.size_grid > 1:
         raise InputError("--size-grid must be a ratio > 1 (e.g. 1.1)")
+    from sctopic.data.io import atomic_write, check_writable
+
     src = gs.io.result_path(args.dir)
     topic_gene, genes, model = gs.read_topic_gene(src)
-    out = Path(args.out) if args.out else src.parent / "enrichment.tsv"
+    out = check_writable(Path(args.out) if args.out else src.parent / "enrichment.tsv")
     quiet = getattr(args, "quiet", False)
     say = (lambda *a: None) if quiet else print
     say(f"{model}: {topic_gene.shape[0]} topics x {topic_gene.shape[1]} genes from {src}")
@@ -97,9 +105,23 @@ def run(args: argparse.Namespace) -> int:
         tables.extend(parts)
 
     table = pd.concat(tables, ignore_index=True)
-    if args.max_fdr < 1:
-        table = table[table["fdr"] <= args.max_fdr]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, sep="\t", index=False, float_format="%.6g")
-    say(f"wrote {len(table)} rows to {out}")
+    n_all = len(table)
+    if not getattr(args, "all_rows", False):
+        table = readable_rows(table, args.max_fdr, getattr(args, "top_per_topic", 3))
+    # Text columns hold "" where a method has no value (not NaN), so the TSV reads back with one
+    # dtype per column.
+    text = table.select_dtypes(include="object").columns
+    table[text] = table[text].fillna("")
+    gz = "gzip" if out.suffix == ".gz" else None
+    atomic_write(out, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.6g", compression=gz))
+    kept = "" if len(table) == n_all else f" of {n_all} (FDR <= {args.max_fdr:g} or a topic's top " \
+        f"{getattr(args, 'top_per_topic', 3)}; --all writes every row)"
+    say(f"wrote {len(table)} rows{kept} to {out}")
     return 0
+
+
+def readable_rows(table, max_fdr: float, top_per_topic: int):
+    """The rows a person reads: FDR <= ``max_fdr``, plus each (library, method, topic)'s
+    ``top_per_topic`` lowest-p sets; in the table's order."""
+    rank = table.groupby(["library", "method", "topic"], sort=False)["p"].rank(method="first")
+    return table[(table["fdr"] <= max_fdr) | (rank <= top_per_topic)].reset_index(drop=True)

@@ -65,6 +65,22 @@ def _fsync(path: "str | os.PathLike") -> None:
         os.close(fd)
 
 
+def check_writable(path: "str | os.PathLike") -> Path:
+    """Fail now, naming the path, if ``path`` cannot be written (its folder is missing and cannot
+    be made, is a file, or is read-only): before minutes of work, not after."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give a file name.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}. Choose a writable location.") from exc
+    return path
+
+
 def atomic_write(path: "str | os.PathLike", write) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``.
 
