@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import DATASETS, REPO, RESULTS, machine, make_parser, md_table, write_report
+from harness import DATASETS, REPO, machine, make_parser, md_table, write_report
 
 RUNS = {
     "pbmc3k_sce2tm": ("pbmc3k", "SCE2TM", {}),

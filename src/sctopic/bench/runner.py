@@ -229,7 +229,8 @@ def run_one(
     configuration sets ``save_results``).
     """
     import sctopic
-    from sctopic.metrics.evaluate import evaluate, jsonable
+    from sctopic.data.io import jsonable
+    from sctopic.metrics.evaluate import evaluate
 
     kind = get_model_kind(run.method.model)
     row: dict[str, Any] = {
@@ -352,7 +353,7 @@ def run_benchmark(
             f"{', '.join(changed)}")
 
     from sctopic.data.io import write_text_atomic
-    from sctopic.metrics.evaluate import jsonable
+    from sctopic.data.io import jsonable
 
     write_text_atomic(json.dumps(jsonable(cfg.to_dict()), indent=2) + "\n", out / "bench_config.json")
     log(f"sctopic bench: {len(runs)} runs in the config, {len(runs) - len(todo)} already done, "

@@ -32,7 +32,7 @@ def nonneg_int(value: str) -> int:
 
 def write_json(data: dict, path: str | Path) -> Path:
     """Write JSON atomically (temporary file, then rename); numpy scalars and NaN are made JSON-safe."""
-    from sctopic.metrics.evaluate import jsonable
+    from sctopic.data.io import jsonable
 
     return write_text_atomic(json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n", path)
 

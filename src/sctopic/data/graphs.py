@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from sctopic.data import neighbors as _neighbors  # not `import knn`: graphs.knn was k *other* cells
-from sctopic.data.neighbors import EXACT_CHUNK_ROWS, EXACT_MAX_CELLS, index_dtype, uses_exact_search
+from sctopic.data.neighbors import index_dtype, uses_exact_search
 from sctopic.errors import InputError
 
 log = logging.getLogger(__name__)

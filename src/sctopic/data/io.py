@@ -1,11 +1,13 @@
 """Reading AnnData from memory or disk, and writing results atomically."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 
 from sctopic.errors import InputError
 
@@ -79,6 +81,25 @@ def check_writable(path: "str | os.PathLike") -> Path:
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}. Choose a writable location.") from exc
     return path
+
+
+def jsonable(obj):
+    """``obj`` as plain Python data for :func:`json.dumps`.
+
+    Dict keys become strings, tuples and arrays lists, numpy scalars Python scalars, and NaN
+    and infinities ``None``; anything else is returned as it is.
+    """
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def atomic_write(path: "str | os.PathLike", write) -> Path:

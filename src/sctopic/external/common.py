@@ -18,7 +18,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctopic.data.counts import layer_matrix
-from sctopic.data.validate import check_nonnegative  # noqa: F401  (the adapters check their input with it)
 from sctopic.errors import InputError
 
 log = logging.getLogger(__name__)

@@ -63,9 +63,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sctopic.data.validate import check_nonnegative
 from sctopic.errors import InputError
 from sctopic.external.common import (
-    check_nonnegative,
     coverage_check,
     expression_matrix,
     gene_names,

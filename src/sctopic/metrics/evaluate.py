@@ -5,7 +5,6 @@ inputs are missing are ``None`` rather than absent, so tables over many runs lin
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Literal, Sequence
 
@@ -23,6 +22,7 @@ from sctopic.metrics.interpretability import (
     topic_diversity_exclusive,
     topic_quality,
 )
+from sctopic.data.io import jsonable
 from sctopic.data.outputs import model_outputs, read_result
 
 #: gene-set library used when none is given (first entry drives the flat keys)
@@ -49,25 +49,6 @@ def _obs_column(adata, key, what: str):
     if len(values) != adata.n_obs:
         raise InputError(f"{what} have {len(values)} entries but the data has {adata.n_obs} cells")
     return values
-
-
-def jsonable(obj):
-    """``obj`` as plain Python data for :func:`json.dumps`.
-
-    Dict keys become strings, tuples and arrays lists, numpy scalars Python scalars, and NaN
-    and infinities ``None``; anything else is returned as it is.
-    """
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def evaluate(

@@ -250,14 +250,8 @@ class Checkpointer:
             if not self.dist.is_main:
                 return self.path
 
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-
-        atomic_write(self.path, write)
-        _fsync_dir(self.path.parent)
+        # atomic_write flushes the file to disk before the rename and the folder after it.
+        atomic_write(self.path, lambda tmp: torch.save(payload, tmp))
         return self.path
 
     def __call__(self, epoch: int) -> None:
@@ -351,20 +345,6 @@ def make_checkpointer(checkpoint_path: str | os.PathLike | None, checkpoint_ever
     return Checkpointer(checkpoint_path, checkpoint_every, module=module, trainer=trainer,
                         generator=generator, fingerprint=run_fingerprint(model, X, settings),
                         device=device, dist=dist)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 __all__ = ["Checkpointer", "check_checkpoint_args", "load_checkpoint", "make_checkpointer",
