@@ -19,6 +19,20 @@ def shared_file(name: str) -> Path:
     return p
 
 
+def crash_after(monkeypatch, epoch: int, exc: type[BaseException] = KeyboardInterrupt) -> None:
+    """Make training raise ``exc`` just after the checkpoint hook of ``epoch`` has run (a kill)."""
+    from sctopic.train.checkpoint import Checkpointer
+
+    write = Checkpointer.__call__
+
+    def hook(self, e):
+        write(self, e)
+        if e == epoch:
+            raise exc
+
+    monkeypatch.setattr(Checkpointer, "__call__", hook)
+
+
 @pytest.fixture(scope="session")
 def pbmc_small():
     """The bundled 700-cell PBMC dataset (real counts), read once per session."""

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import sctopic
+from conftest import crash_after
 from sctopic.errors import InputError
-from sctopic.train.checkpoint import Checkpointer, load_checkpoint
+from sctopic.train.checkpoint import load_checkpoint
 
 MODELS = [
     pytest.param(sctopic.SCE2TM, dict(n_topics=5, n_hidden=32, emb_dim=16), id="sce2tm"),
@@ -29,14 +30,7 @@ class Crash(Exception):
 
 
 def _crash_after(monkeypatch, at: int) -> None:
-    orig = Checkpointer.__call__
-
-    def hook(self, epoch):
-        orig(self, epoch)
-        if epoch == at:
-            raise Crash
-
-    monkeypatch.setattr(Checkpointer, "__call__", hook)
+    crash_after(monkeypatch, at, Crash)
 
 
 def _same_state(a: dict, b: dict) -> bool:

@@ -208,7 +208,7 @@ class ETM(BaseTopicModel):
 
 
 def test_a_third_model_trains_resumes_and_saves_through_the_plan(pbmc_small, tmp_path, monkeypatch):
-    from sctopic.train.checkpoint import Checkpointer
+    from conftest import crash_after
 
     adata = pbmc_small.copy()
     straight = ETM(adata).train(max_epochs=6, progress=False, device="cpu")
@@ -216,14 +216,8 @@ def test_a_third_model_trains_resumes_and_saves_through_the_plan(pbmc_small, tmp
     assert "X_etm" in adata.obsm and adata.uns["sctopic"]["model"] == "etm"
     # The plan's checkpoints work for it too: killed after epoch 3 and resumed, the run equals
     # the uninterrupted one bit for bit.
-    ckpt, write = tmp_path / "etm.ckpt", Checkpointer.__call__
-
-    def crash_after_3(self, epoch):
-        write(self, epoch)
-        if epoch == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Checkpointer, "__call__", crash_after_3)
+    ckpt = tmp_path / "etm.ckpt"
+    crash_after(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         ETM(pbmc_small.copy()).train(max_epochs=6, progress=False, device="cpu", checkpoint_path=ckpt,
                                      checkpoint_every=3)
