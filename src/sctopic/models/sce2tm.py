@@ -121,10 +121,9 @@ class SCE2TM(BaseTopicModel):
                             **{name: k[name] for name in names})
 
     def __repr__(self) -> str:
-        k = self._init_kwargs
-        return (f"SCE2TM({len(self.genes)} genes, {k['n_topics']} topics, external="
-                f"{k['external_key']!r}, cross_view={k['cross_view']}, ecr_weight={k['ecr_weight']}, "
-                f"batches={self.n_batches}; {'trained' if self.is_trained else 'untrained'})")
+        k, state = self._init_kwargs, "trained" if self.is_trained else "untrained"
+        return (f"SCE2TM({len(self.genes)} genes, {k['n_topics']} topics, external={k['external_key']!r}, "
+                f"cross_view={k['cross_view']}, ecr_weight={k['ecr_weight']}, batches={self.n_batches}; {state})")
 
     def train(self, max_epochs: int = 500, batch_size: int = 512, lr: float = 1e-3, seed: int = 0, *,
               lr_step_epochs: int | None = -1, optimizer: str = "rmsprop", ecr_delay: float = 0.0,
@@ -133,11 +132,9 @@ class SCE2TM(BaseTopicModel):
 
         Parameters
         ----------
-        max_epochs, batch_size, lr
-            Passes over the cells, cells per minibatch, learning rate.
-        seed
-            Seed of minibatch order, neighbour sampling and noise (same seed, same model on the
-            same machine).
+        max_epochs, batch_size, lr, seed
+            Passes over the cells, cells per minibatch, learning rate, and the seed of minibatch
+            order, neighbour sampling and noise (same seed, same model on the same machine).
         lr_step_epochs
             Halve the learning rate every this many epochs; ``-1`` (default): a quarter of
             ``max_epochs`` (the paper halves every 125 of 500); ``None``: constant.
@@ -148,10 +145,8 @@ class SCE2TM(BaseTopicModel):
             ramped linearly to ``ecr_weight`` over the next ``ecr_warmup`` fraction (default 0
             and 0: the full weight from the first step, as in the paper).
         **run_options
-            How the run executes: ``device``, ``progress``, ``storage``, ``write_results``,
-            ``checkpoint_path``, ``checkpoint_every``, ``resume``, ``distributed``,
-            ``num_workers``, ``block_size``, ``pool_blocks``, ``precision``, ``compile``; see
-            :class:`sctopic.train.plan.RunOptions`.
+            How the run executes (``device``, ``progress``, ``checkpoint_path``, ``resume``,
+            ``distributed``, ``precision``...); see :class:`sctopic.train.plan.RunOptions`.
         """
         k = self._init_kwargs
         if (k["cross_view"] or k["external_concat"]) and self.external_ is None and self._X is not None:
