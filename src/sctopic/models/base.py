@@ -180,7 +180,12 @@ class BaseTopicModel:
         """
         self._check_trained()
         data, X = self._counts_of(adata, layer, allow_missing_genes)
-        view = self._inference_view(data, adata is None)
+        delta = self._encode(data, X, adata is None, batch_size)
+        return delta if logits else _softmax(delta)
+
+    def _encode(self, data, X, is_training_data: bool, batch_size: int) -> np.ndarray:
+        """Topic logits delta of the cells of ``X`` (counts over the model's genes)."""
+        view = self._inference_view(data, is_training_data)
         self.module.eval()
         dev = self.device
         delta = np.empty((X.shape[0], self.n_topics), dtype=np.float32)
@@ -190,7 +195,7 @@ class BaseTopicModel:
 
             # Blocks in file order; each is split into inference batches.
             for i0, i1, B in X.iter_blocks(max(batch_size, 8192)):
-                if adata is not None:  # new data on disk: validated as it streams
+                if not is_training_data:  # new data on disk: validated as it streams
                     check_counts(B, f"{X.where} of {X.path.name}")
                 for s in range(0, i1 - i0, batch_size):
                     e = min(s + batch_size, i1 - i0)
@@ -201,7 +206,7 @@ class BaseTopicModel:
             for idx in batch_indices(X.shape[0], batch_size, False, None, dev):
                 v = None if view is None else torch.as_tensor(view[idx.cpu().numpy()], device=dev)
                 delta[idx.cpu().numpy()] = self.module.infer(store.rows_csr(idx), v).cpu().numpy()
-        return delta if logits else _softmax(delta)
+        return delta
 
     def get_latent_representation(self, adata: ad.AnnData | str | None = None, **kwargs) -> np.ndarray:
         """The cells' topic proportions theta (scvi-tools' name; see :meth:`get_cell_topics`)."""
@@ -242,10 +247,11 @@ class BaseTopicModel:
             ``(n, V)`` float64 over :attr:`genes`.
         """
         self._check_trained()
-        data, X = (None, None) if topics is not None and library_size != "observed" and adata is None \
-            else self._counts_of(adata, layer, False)
-        theta = np.asarray(self.get_cell_topics(adata, layer=layer) if topics is None else topics,
-                           dtype=np.float32)
+        # The cells' counts are read (and aligned) once: for their theta, batches and library sizes.
+        needs_cells = topics is None or adata is not None or library_size == "observed"
+        data, X = self._counts_of(adata, layer, False) if needs_cells else (None, None)
+        theta = _softmax(self._encode(data, X, adata is None, batch_size)) if topics is None else topics
+        theta = np.asarray(theta, dtype=np.float32)
         if theta.ndim != 2 or theta.shape[1] != self.n_topics:
             raise InputError(f"topics has shape {theta.shape}; expected cells x {self.n_topics} topics.")
         if batches is None and self.batch_key and data is not None and self.batch_key in data.obs:
