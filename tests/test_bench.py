@@ -362,3 +362,45 @@ def test_report_only_rewrites_table(bench_out, tmp_path, capsys):
     assert code == 0, cap.err
     assert (folder / "out" / "table.md").is_file() and (folder / "out" / "figures" / "metrics_pbmc.png").is_file()
     assert len(read_results(folder / "out" / "results.csv")) == len(METHODS) * len(SEEDS)
+
+
+def test_dataset_genesets_override_the_config_libraries(tmp_path, data_file, monkeypatch):
+    """A dataset may name its own libraries (mouse GO for mouse data); the others use the config's.
+    The settings hash of a dataset without the key is unchanged, so earlier results stay resumable."""
+    from sctopic.bench import runner
+
+    cfg = _config(tmp_path, data_file, methods=["pca"])
+    cfg["datasets"]["own"] = dict(cfg["datasets"]["pbmc"], genesets="hallmark")
+    parsed = parse_config(cfg, tmp_path / "c.yaml")
+    assert parsed.datasets["own"].genesets == ["hallmark"] and parsed.datasets["pbmc"].genesets is None
+    assert "genesets" not in parsed.datasets["pbmc"].describe()
+    assert parsed.datasets["own"].describe()["genesets"] == ["hallmark"]
+    seen = {}
+
+    def spy(run, data, cfg_, libraries, out):
+        seen[run.dataset.name] = [lib.name for lib in libraries]
+        return {"dataset": run.dataset.name, "method": run.method.name, "seed": run.seed, "status": "ok",
+                "settings_hash": run.settings_hash}
+
+    monkeypatch.setattr(runner, "run_one", spy)
+    run_benchmark(parsed, progress=False)
+    assert seen == {"pbmc": ["go_bp_human"], "own": ["hallmark"]}
+    bad = _config(tmp_path, data_file, methods=["pca"])
+    bad["datasets"]["pbmc"]["genesets"] = []
+    with pytest.raises(InputError, match="datasets.pbmc.genesets"):
+        parse_config(bad, tmp_path / "c.yaml")
+
+
+def test_a_new_default_recipe_reruns_sce2tm_runs(tmp_path, data_file, monkeypatch):
+    """SCE2TM takes its defaults from its presets: changing them changes its runs' settings hash
+    (so resume reruns them), and leaves the other models' hashes alone."""
+    from sctopic.bench.config import settings_hash
+    from sctopic.models import sce2tm
+
+    cfg = parse_config(_config(tmp_path, data_file, methods=["sce2tm", "pca"]), tmp_path / "c.yaml")
+    ds = cfg.datasets["pbmc"]
+    before = {m: settings_hash(cfg, cfg.methods[m], ds, {}) for m in ("sce2tm", "pca")}
+    changed = {**sce2tm.PRESETS, "default": {**sce2tm.PRESETS["default"], "ecr_delay": 0.25}}
+    monkeypatch.setattr(sce2tm, "PRESETS", changed)
+    after = {m: settings_hash(cfg, cfg.methods[m], ds, {}) for m in ("sce2tm", "pca")}
+    assert after["sce2tm"] != before["sce2tm"] and after["pca"] == before["pca"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sctopic.nn.crossview import cluster_contrastive_loss, consistency_loss, mean_entropy
+from sctopic.nn.crossview import cluster_contrastive_loss, consistency_loss, info_nce, mean_entropy
 from sctopic.nn.decoder import EmbeddedTopicDecoder, pairwise_sq_dist
 from sctopic.nn.prior import kl_diag_gaussian, laplace_dirichlet_prior
 from sctopic.nn.sce2tm import SCE2TMModule
@@ -46,6 +46,49 @@ def test_mean_entropy_plain():
     ref = -sum(v * math.log(v) for v in m)
     assert abs(float(mean_entropy(p)) - ref) < 1e-12
     assert float(mean_entropy(torch.full((3, 5), 0.2))) == pytest.approx(math.log(5))
+
+
+def test_info_nce_plain():
+    B, D, T = 7, 5, 0.5
+    g = torch.Generator().manual_seed(6)
+    a, b = torch.randn(B, D, generator=g, dtype=torch.float64), torch.randn(B, D, generator=g, dtype=torch.float64)
+    an = [a[i].numpy() / np.linalg.norm(a[i].numpy()) for i in range(B)]
+    bn = [b[i].numpy() / np.linalg.norm(b[i].numpy()) for i in range(B)]
+    total = 0.0
+    for i in range(B):
+        logits = [float(an[i] @ bn[j]) / T for j in range(B)]
+        total += -(logits[i] - math.log(sum(math.exp(v) for v in logits)))
+    assert abs(float(info_nce(a, b, T)) - total / B) < 1e-10
+    # Positives aligned: a key equal to its query scores better than a shuffled one.
+    assert float(info_nce(a, a, T)) < float(info_nce(a, a.roll(1, 0), T))
+
+
+def test_neighbour_cve_terms_and_weight():
+    """The instance-level CVE pairs an anchor's logits with its external neighbour's cluster
+    logits, the cluster logits of the anchor with its expression neighbour's logits, and a cell
+    with itself; cve_weight scales exactly these terms."""
+    torch.manual_seed(3)
+    V, K, B, d = 40, 6, 16, 8
+    mod = SCE2TMModule(V, K, n_external=d, n_hidden=16, emb_dim=8, cve_loss="neighbour").double().eval()
+    x = torch.poisson(torch.rand(B, V, dtype=torch.float64) * 3)
+    xn = torch.poisson(torch.rand(B, V, dtype=torch.float64) * 3)
+    v, vn = torch.randn(B, d, dtype=torch.float64), torch.randn(B, d, dtype=torch.float64)
+    out = mod(x, xn, v, vn, ecr_weight=0.0, cve_weight=3.0)
+    assert "entropy" not in out
+    mu = mod.encoder(torch.cat([x, xn]))[0]
+    psi = mod.cluster_head(torch.cat([v, vn]))
+    distill = info_nce(mu[:B], psi[B:]) + info_nce(psi[:B], mu[B:])
+    assert float(out["distill"]) == pytest.approx(float(distill), rel=1e-12)
+    assert float(out["consistency"]) == pytest.approx(float(info_nce(mu[:B], psi[:B])), rel=1e-12)
+    total = out["reconstruction"] + out["kl"] + 3.0 * (out["distill"] + out["consistency"])
+    assert float(out["loss"]) == pytest.approx(float(total), rel=1e-12)
+    # The paper's cluster-level CVE at weight 2: every CVE term doubles, entropy included.
+    paper = SCE2TMModule(V, K, n_external=d, n_hidden=16, emb_dim=8).double().eval()
+    o1, o2 = paper(x, xn, v, vn, cve_weight=1.0), paper(x, xn, v, vn, cve_weight=2.0)
+    cve1 = o1["distill"] + o1["consistency"] - 5.0 * o1["entropy"]
+    assert float(o2["loss"] - o1["loss"]) == pytest.approx(float(cve1), rel=1e-10)
+    with pytest.raises(ValueError, match="cve_loss"):
+        SCE2TMModule(V, K, n_external=d, cve_loss="instance")
 
 
 def test_kl_matches_torch_distributions():

@@ -182,3 +182,56 @@ def test_repeated_training_in_one_process_is_bit_identical():
         m.train(max_epochs=4, progress=False, write_results=False)
         out.append(m.get_cell_topics())
     np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_presets_fill_unset_options(small_adata):
+    """``preset`` fills the CVE loss and weight and the ECR schedule; explicit values win."""
+    from sctopic.models.sce2tm import AUTO_CVE_PER_COUNT, PRESETS
+
+    X = small_adata.X
+    mean_lib = float(X.sum() / (np.asarray(X.sum(1)).ravel() > 0).sum())
+    d = sctopic.SCE2TM(small_adata, n_topics=4, n_hidden=16, emb_dim=8)
+    assert d.init_params["preset"] == "default" and d.init_params["cve_loss"] == PRESETS["default"]["cve_loss"]
+    assert d.init_params["cve_weight"] == "auto"
+    assert d.init_params["cve_weight_value"] == pytest.approx(AUTO_CVE_PER_COUNT * mean_lib, rel=1e-6)
+    d.train(max_epochs=4, batch_size=150, progress=False)
+    # Default ECR schedule: off for the first half, ramped over the next quarter (no Sinkhorn
+    # solve, no "ecr" entry, while the weight is 0).
+    ecr = np.asarray(d.history_["ecr"], dtype=float)
+    assert np.isnan(ecr[:3]).all() and np.isfinite(ecr[3])  # weight 0 through epoch 2 of 0-3
+    assert "entropy" not in d.history_  # the instance-level CVE has no entropy term
+    p = sctopic.SCE2TM(small_adata, n_topics=4, n_hidden=16, emb_dim=8, preset="paper")
+    assert (p.init_params["cve_loss"], p.init_params["cve_weight_value"]) == ("cluster", 1.0)
+    p.train(max_epochs=2, batch_size=150, progress=False)
+    assert np.isfinite(np.asarray(p.history_["ecr"], dtype=float)).all() and "entropy" in p.history_
+    mixed = sctopic.SCE2TM(small_adata, n_topics=4, n_hidden=16, emb_dim=8, preset="paper", cve_weight=7)
+    assert mixed.init_params["cve_weight_value"] == 7.0 and mixed.init_params["cve_loss"] == "cluster"
+    with pytest.raises(InputError, match="preset"):
+        sctopic.SCE2TM(small_adata, preset="best")
+    with pytest.raises(InputError, match="cve_weight"):
+        sctopic.SCE2TM(small_adata, cve_weight=-1)
+    with pytest.raises(InputError, match="cve_loss"):
+        sctopic.SCE2TM(small_adata, cve_loss="instance")
+    with pytest.raises(InputError, match="ecr_delay"):
+        d.train(max_epochs=2, ecr_delay=0.8, ecr_warmup=0.5, progress=False)
+
+
+def test_clustering_key_names_the_recommended_representation(trained, small_adata):
+    """The result names the obsm key to cluster; evaluate() clusters it by default; files
+    written before the key existed fall back to theta."""
+    from sctopic.data.outputs import clustering_key
+    from sctopic.metrics import evaluate
+
+    a = trained.adata
+    key = a.uns["sctopic"]["clustering_key"]
+    rep = "X_sce2tm_logits" if trained.clustering_representation == "logits" else "X_sce2tm"
+    assert key == rep and clustering_key(a) == rep
+    labels = small_adata.obs.columns[0]
+    default = evaluate(a, labels=labels, genesets=None)
+    assert default["use_rep"] == rep
+    explicit = evaluate(a, labels=labels, genesets=None, use_rep="X_sce2tm")
+    assert explicit["use_rep"] == "X_sce2tm"
+    old = a.copy()
+    old.uns["sctopic"] = {"model": "sce2tm"}
+    assert clustering_key(old) == "X_sce2tm"
+    assert evaluate(old, labels=labels, genesets=None)["use_rep"] == "X_sce2tm"

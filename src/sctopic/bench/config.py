@@ -14,6 +14,7 @@ Schema (every field but ``datasets`` and ``methods`` is optional)::
       pbmc3k: {path: ../data/pbmc3k.h5ad, labels: cell_type, batch_key: null, n_hvg: 5000,
                layer: null}
       pbmc68k: {path: "builtin:pbmc68k_reduced", labels: cell_type}
+      baron: {path: ../data/baron.h5ad, labels: cell_type, genesets: [go_bp_mouse]}  # own libraries
     methods:                         # a list of built-in names, or a mapping
       sce2tm: {}                     # a built-in name: its settings, updated by params/train
       scetm: {train: {max_epochs: 800}}
@@ -41,6 +42,7 @@ MODELS: tuple[str, ...] = ("sce2tm", "scetm", "pca", "linear_scvi", "scvi")
 BUILTIN_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "pca": ("pca", {}),
     "sce2tm": ("sce2tm", {}),
+    "sce2tm_paper": ("sce2tm", {"preset": "paper"}),
     "sce2tm_wo_ecr": ("sce2tm", {"ecr_weight": 0.0}),
     "sce2tm_wo_cve": ("sce2tm", {"cross_view": False}),
     "sce2tm_w_ec": ("sce2tm", {"cross_view": False, "external_concat": True}),
@@ -53,6 +55,7 @@ BUILTIN_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 METHOD_LABELS: dict[str, str] = {
     "pca": "PCA",
     "sce2tm": "scE2TM",
+    "sce2tm_paper": "scE2TM (paper preset)",
     "sce2tm_wo_ecr": "scE2TM w/o ECR",
     "sce2tm_wo_cve": "scE2TM w/o CVE",
     "sce2tm_w_ec": "scE2TM w/ EC",
@@ -68,7 +71,7 @@ _TOP_KEYS = {
     "out", "seeds", "n_topics", "genesets", "permutations", "evaluate", "train",
     "save_results", "datasets", "methods", "description",
 }
-_DATASET_KEYS = {"path", "labels", "batch_key", "n_hvg", "layer"}
+_DATASET_KEYS = {"path", "labels", "batch_key", "n_hvg", "layer", "genesets"}
 _METHOD_KEYS = {"model", "params", "train"}
 #: evaluate() arguments the runner sets itself
 _EVALUATE_RESERVED = {"adata_or_dir", "labels", "batch_key", "genesets", "model", "use_rep",
@@ -86,11 +89,16 @@ class DatasetSpec:
     batch_key: str | None = None
     n_hvg: int | None = None  #: highly variable genes to keep; ``None`` keeps all
     layer: str | None = None
+    #: gene-set libraries for this dataset (e.g. mouse GO for mouse data); None: the config's
+    genesets: list[str] | None = None
 
     def describe(self) -> dict[str, Any]:
         """The settings that change results (for the settings hash)."""
-        return {"path": self.path, "labels": self.labels, "batch_key": self.batch_key,
-                "n_hvg": self.n_hvg, "layer": self.layer}
+        out = {"path": self.path, "labels": self.labels, "batch_key": self.batch_key,
+               "n_hvg": self.n_hvg, "layer": self.layer}
+        if self.genesets is not None:  # only then: hashes of earlier configs stay valid
+            out["genesets"] = list(self.genesets)
+        return out
 
 
 @dataclass
@@ -291,7 +299,17 @@ def _parse_dataset(chk: _Checker, name: str, entry: Any, base: Path) -> DatasetS
         batch_key=chk.string(entry.get("batch_key"), f"{where}.batch_key", optional=True),
         n_hvg=n_hvg,
         layer=chk.string(entry.get("layer"), f"{where}.layer", optional=True),
+        genesets=_parse_genesets(chk, entry["genesets"], f"{where}.genesets") if "genesets" in entry else None,
     )
+
+
+def _parse_genesets(chk: _Checker, raw: Any, where: str) -> list[str]:
+    """A library name or path, or a list of them."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise chk.fail(where, "expected a gene-set library name or a non-empty list of them")
+    return [chk.string(g, f"{where}[{i}]") for i, g in enumerate(raw)]
 
 
 def _parse_method(chk: _Checker, name: str, entry: Any) -> MethodSpec:
@@ -471,5 +489,18 @@ def settings_hash(cfg: BenchConfig, method: MethodSpec, dataset: DatasetSpec, tr
         "genesets": [_file_id(g) for g in cfg.genesets],
         "permutations": cfg.permutations, "evaluate": cfg.evaluate,
     }
+    recipe = _recipe(method.model)
+    if recipe is not None:  # only then: hashes of models without a recipe stay as they were
+        payload["recipe"] = recipe
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _recipe(model: str) -> dict | None:
+    """Defaults that a model takes from its presets rather than its signature (SCE2TM's), so
+    that a change of the default recipe reruns the runs that used it instead of reusing them."""
+    if model != "sce2tm":
+        return None
+    from sctopic.models.sce2tm import PRESETS, SCE2TM
+
+    return {"presets": PRESETS, "clustering": SCE2TM.clustering_representation}

@@ -366,7 +366,11 @@ def run_benchmark(
             rows[("__unkeyed__", str(i), -1)] = rec
     from sctopic import genesets as gs
 
-    libraries = [gs.load(g) for g in cfg.genesets] if todo else []
+    loaded: dict[str, Any] = {}
+
+    def libraries_for(spec) -> list:
+        names = cfg.genesets if spec.genesets is None else spec.genesets
+        return [loaded[n] if n in loaded else loaded.setdefault(n, gs.load(n)) for n in names]
     data: DatasetData | None = None
     bar = tqdm(total=len(todo), desc="bench", unit="run", disable=not progress)
     try:
@@ -377,7 +381,7 @@ def run_benchmark(
                 data = load_dataset(run.dataset)
             t0 = time.perf_counter()
             try:
-                row = run_one(run, data, cfg, libraries, out)
+                row = run_one(run, data, cfg, libraries_for(run.dataset), out)
             except Exception as exc:
                 if not keep_going:
                     raise

@@ -63,6 +63,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the model's, 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--ecr-weight", type=float, default=None, help="ECR weight lambda (default: the model's, 100; 0: w/o ECR)")
+    p.add_argument("--preset", choices=("default", "paper"), default=None,
+                   help="sce2tm: 'default' (the recommended recipe) or 'paper' (the published "
+                        "equations and schedule)")
     p.add_argument("--no-cross-view", action="store_true", help="disable the Cross-view Encoder (w/o CVE)")
     p.add_argument("--external-concat", action="store_true",
                    help="concatenate the external view to the encoder input (w/ EC ablation)")
@@ -119,7 +122,7 @@ def add_distributed_args(p: argparse.ArgumentParser) -> None:
                         "on the CPU), gloo or nccl")
 
 
-SCE2TM_ONLY = {"external_key": None, "ecr_weight": None, "no_cross_view": False,
+SCE2TM_ONLY = {"external_key": None, "ecr_weight": None, "no_cross_view": False, "preset": None,
                "external_concat": False, "ecr_grad": None, "encoder_input": None}
 SCETM_ONLY = {"adversarial": False, "gene_sets": None}
 
@@ -163,7 +166,7 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
             n_top_genes=args.n_hvg or None, cross_view=cross_view,
             external_concat=args.external_concat, ecr_weight=args.ecr_weight,
             encoder_input=args.encoder_input, ecr_grad=args.ecr_grad, batch_key=batch_key,
-            seed=args.seed, backed=backed,
+            seed=args.seed, backed=backed, preset=getattr(args, "preset", None) or "default",
         )
     every, resume = int(getattr(args, "checkpoint_every", 0) or 0), bool(getattr(args, "resume", False))
     ckpt = out / "checkpoint.pt" if every or resume else None

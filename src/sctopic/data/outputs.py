@@ -11,7 +11,10 @@ or the ``key_added`` the user chose):
 * ``uns["m"]``: ``topic_gene`` (K x V over ``uns["m"]["genes"]``), ``genes``,
   ``topic_names``, ``params`` (a JSON string of the model's settings) and, for embedded
   models, ``topic_embedding``;
-* ``uns["sctopic"]["model"] = "m"``: which model the file's outputs belong to.
+* ``uns["sctopic"]["model"] = "m"``: which model the file's outputs belong to, and
+  ``uns["sctopic"]["clustering_key"]``: the ``obsm`` key of the representation the model
+  recommends for neighbours, clustering and UMAP (``X_m`` or ``X_m_logits``; see
+  :func:`clustering_key`). ``sctopic evaluate`` and the benchmark cluster it by default.
 
 ``sctopic fit`` writes the AnnData as ``result.h5ad`` (:data:`RESULT_FILE`) in its output
 directory. No torch here: the evaluation layers read results without it.
@@ -28,6 +31,8 @@ import scipy.sparse as sp
 from sctopic.errors import InputError
 
 RESULT_FILE = "result.h5ad"
+#: Representations a model may recommend for clustering: theta or the logits delta.
+CLUSTERING_REPRESENTATIONS = ("theta", "logits")
 #: ``uns`` entry naming the model whose outputs the AnnData holds.
 META_KEY = "sctopic"
 
@@ -45,7 +50,7 @@ def logits_key(model: str) -> str:
 def write_outputs(adata, model: str, *, logits: np.ndarray, theta: np.ndarray, topic_gene: np.ndarray,
                   genes: list[str], topic_names: list[str], params: str,
                   gene_embedding: np.ndarray | None = None,
-                  topic_embedding: np.ndarray | None = None):
+                  topic_embedding: np.ndarray | None = None, clustering: str = "theta"):
     """Write a model's outputs into ``adata`` under the key ``model`` (see the module docstring).
 
     Parameters
@@ -65,12 +70,17 @@ def write_outputs(adata, model: str, *, logits: np.ndarray, theta: np.ndarray, t
         JSON string of the model's settings.
     gene_embedding, topic_embedding
         ``(V, L)`` and ``(K, L)`` for embedded models, else None.
+    clustering
+        The representation the model recommends for clustering, ``"theta"`` or ``"logits"``:
+        its key is written to ``uns["sctopic"]["clustering_key"]``.
 
     Returns
     -------
     AnnData
         ``adata``, written in place.
     """
+    if clustering not in CLUSTERING_REPRESENTATIONS:
+        raise ValueError(f"clustering must be one of {CLUSTERING_REPRESENTATIONS}, got {clustering!r}")
     adata.obsm[logits_key(model)] = logits
     adata.obsm[theta_key(model)] = theta
     pos = _positions(adata.var_names, genes)
@@ -86,8 +96,24 @@ def write_outputs(adata, model: str, *, logits: np.ndarray, theta: np.ndarray, t
     if topic_embedding is not None:
         uns["topic_embedding"] = topic_embedding
     adata.uns[model] = uns
-    adata.uns[META_KEY] = {"model": model}
+    adata.uns[META_KEY] = {"model": model,
+                           "clustering_key": logits_key(model) if clustering == "logits" else theta_key(model)}
     return adata
+
+
+def clustering_key(adata, model: str | None = None) -> str | None:
+    """``obsm`` key of the representation to cluster: ``uns["sctopic"]["clustering_key"]`` when
+    it names a present ``obsm`` entry (and ``model`` is the file's model or None), else theta's
+    key ``X_<model>`` when present, else None. Files written before the key existed get theta."""
+    file_model = model_key(adata)
+    model = file_model if model is None else str(model)
+    if model is None:
+        return None
+    meta = adata.uns.get(META_KEY, {})
+    key = meta.get("clustering_key") if hasattr(meta, "get") and model == file_model else None
+    if key is not None and str(key) in adata.obsm:
+        return str(key)
+    return theta_key(model) if theta_key(model) in adata.obsm else None
 
 
 def _positions(var_names, genes: list[str]) -> np.ndarray:

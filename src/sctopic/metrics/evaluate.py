@@ -23,7 +23,7 @@ from sctopic.metrics.interpretability import (
     topic_quality,
 )
 from sctopic.data.io import jsonable
-from sctopic.data.outputs import model_outputs, read_result
+from sctopic.data.outputs import clustering_key, model_outputs, read_result
 
 #: gene-set library used when none is given (first entry drives the flat keys)
 DEFAULT_GENESETS: tuple[str, ...] = ("go_bp_human",)
@@ -93,8 +93,9 @@ def evaluate(
     model
         Model name; default ``adata.uns["sctopic"]["model"]``.
     use_rep
-        obsm key of the embedding to cluster and score (default the model's theta,
-        ``X_<model>``).  Interpretability purity always uses theta.
+        obsm key of the embedding to cluster and score (default the representation the model
+        recommends, ``uns["sctopic"]["clustering_key"]``; theta ``X_<model>`` for files
+        without it).  Interpretability purity always uses theta.
     permutations
         GSEA permutations; 0 skips GSEA (``gsea_*`` null).
     seed
@@ -145,7 +146,8 @@ def evaluate(
         rep = np.asarray(rep.toarray() if hasattr(rep, "toarray") else rep, dtype=np.float64)
         rep_key = use_rep
     elif outs.theta is not None:
-        rep, rep_key = outs.theta, f"X_{outs.model}"
+        rep_key = clustering_key(adata, outs.model) or f"X_{outs.model}"
+        rep = outs.theta if rep_key == f"X_{outs.model}" else np.asarray(adata.obsm[rep_key], dtype=np.float64)
     else:
         raise InputError(
             "cannot find the cell-topic matrix: set uns['sctopic']['model'] in the result, "

@@ -39,6 +39,9 @@ class BaseTopicModel:
     """Base class of the topic models: data, genes, the torch module and outputs."""
 
     model_name: ClassVar[str] = "topicmodel"
+    #: The representation recommended for neighbours and clustering, ``"theta"`` or ``"logits"``
+    #: (written as ``uns["sctopic"]["clustering_key"]``; see :mod:`sctopic.data.outputs`).
+    clustering_representation: ClassVar[str] = "theta"
 
     # ------------------------------------------------------------------ construction
     def _setup(self, adata, layer: str | None, n_top_genes: int | None, backed: bool,
@@ -48,6 +51,7 @@ class BaseTopicModel:
         self.adata, self.layer, self.backed = data.adata, layer, bool(backed)
         self.genes: list[str] = data.genes
         self._X, self._train_cells = data.X, data.train_cells
+        self.mean_library_ = data.mean_library
         self.batch_key = batch_key
         self.batch_categories_, self._batch_codes = batch_codes(self.adata, batch_key)
         self.device = torch.device("cpu")
@@ -302,7 +306,8 @@ class BaseTopicModel:
         """Write outputs into ``adata`` (default: the training data) following the contract of
         :mod:`sctopic.data.outputs` (``obsm['X_<key>']``, ``obsm['X_<key>_logits']``,
         ``varm['<key>_topic_gene']``, ``varm['<key>_gene_embedding']``, ``uns['<key>']``,
-        ``uns['sctopic']['model']``)."""
+        ``uns['sctopic']['model']`` and ``uns['sctopic']['clustering_key']``, the ``obsm`` key to
+        build neighbours, clusters and UMAPs on)."""
         self._check_trained()
         logits = self.get_cell_topics(adata, logits=True, layer=layer,
                                       allow_missing_genes=allow_missing_genes)
@@ -314,7 +319,8 @@ class BaseTopicModel:
             logits=logits, theta=_softmax(logits), topic_gene=self.get_topic_gene().to_numpy(),
             genes=self.genes, topic_names=self.topic_names,
             params=json.dumps(self._init_kwargs, sort_keys=True),
-            gene_embedding=gene_emb.detach().cpu().numpy(), topic_embedding=topic_emb.detach().cpu().numpy())
+            gene_embedding=gene_emb.detach().cpu().numpy(), topic_embedding=topic_emb.detach().cpu().numpy(),
+            clustering=self.clustering_representation)
 
     # ------------------------------------------------------------------ save / load
     def _meta(self) -> dict[str, Any]:

@@ -32,12 +32,16 @@ class TrainingCounts:
         The model's genes, in the columns' order.
     train_cells
         Positions of the cells with non-zero counts (the ones trained on).
+    mean_library
+        Mean total count of the trained cells over the model's genes (the reconstruction's
+        scale: loss weights that must not depend on sequencing depth are set from it).
     """
 
     adata: ad.AnnData
     X: object
     genes: list[str]
     train_cells: np.ndarray
+    mean_library: float = float("nan")
 
 
 def training_counts(adata, layer: str | None, n_top_genes: int | None, backed: bool = False) -> TrainingCounts:
@@ -60,8 +64,10 @@ def training_counts(adata, layer: str | None, n_top_genes: int | None, backed: b
         _warn_zero_genes(genes)
         X = X[:, genes]
     _check_training_cells(cells)
-    return TrainingCounts(adata, sp.csr_matrix(X), [str(g) for g in data.var_names[genes]],
-                          np.flatnonzero(cells))
+    X = sp.csr_matrix(X)
+    train = np.flatnonzero(cells)
+    return TrainingCounts(adata, X, [str(g) for g in data.var_names[genes]], train,
+                          float(X.sum() / len(train)))
 
 
 def _backed_counts(adata, layer: str | None, n_top_genes: int | None) -> TrainingCounts:
@@ -89,7 +95,8 @@ def _backed_counts(adata, layer: str | None, n_top_genes: int | None) -> Trainin
     totals = stats.cell_totals if len(cols) == full.shape[1] else _row_totals(X)
     cells = totals > 0
     _check_training_cells(cells)
-    return TrainingCounts(adata, X, [str(g) for g in adata.var_names[cols]], np.flatnonzero(cells))
+    return TrainingCounts(adata, X, [str(g) for g in adata.var_names[cols]], np.flatnonzero(cells),
+                          float(totals[cells].mean()))
 
 
 def aligned_counts(adata: ad.AnnData, genes: list[str], layer: str | None, allow_missing_genes: bool):

@@ -15,11 +15,22 @@ from sctopic.external import resolve_view
 from sctopic.external.validate import check_backed_view, view_for_new_cells
 from sctopic.models.base import BaseTopicModel
 from sctopic.models.batches import cross_view_batches, plain_batches
-from sctopic.nn.sce2tm import SCE2TMModule
+from sctopic.nn.sce2tm import CVE_LOSSES, SCE2TMModule
 from sctopic.nn.sinkhorn import ECR_GRADS
 from sctopic.train.plan import Optimisation, TrainingPlan
-from sctopic.train.schedules import warmup
+from sctopic.train.schedules import Constant, warmup
 from sctopic.utils.random import seeded
+
+#: ``cve_weight="auto"``: the CVE's weight per mean count per cell (100 at ~1,000 counts).
+AUTO_CVE_PER_COUNT = 0.1
+
+#: Settings each ``preset`` gives to the options left at ``None``. ``"paper"``: the equations
+#: and schedule of Chen et al. as published; ``"default"``: the recipe chosen by the A/Bs in
+#: ``benchmarks/results/quality`` (instance-level CVE at a depth-scaled weight, ECR warm-up).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"cve_loss": "neighbour", "cve_weight": "auto", "ecr_delay": 0.5, "ecr_warmup": 0.25},
+    "paper": {"cve_loss": "cluster", "cve_weight": 1.0, "ecr_delay": 0.0, "ecr_warmup": 0.0},
+}
 
 
 class SCE2TM(BaseTopicModel):
@@ -60,6 +71,18 @@ class SCE2TM(BaseTopicModel):
         :class:`sctopic.nn.sinkhorn.ECR`.
     entropy_weight, temperature
         alpha of the entropy regulariser (5) and contrastive temperature (0.5).
+    preset
+        ``"default"`` (the recommended recipe) or ``"paper"`` (the published equations and
+        schedule); fills ``cve_loss``, ``cve_weight`` and ``train``'s ``ecr_delay`` and
+        ``ecr_warmup`` where they are left at ``None`` (see :data:`PRESETS`).
+    cve_loss
+        ``"cluster"`` (the paper's cluster-level distillation of softmax heads) or
+        ``"neighbour"`` (instance-level InfoNCE of the topic logits against the cluster head's
+        logits; see :class:`sctopic.nn.sce2tm.SCE2TMModule`).
+    cve_weight
+        Weight of the Cross-view Encoder's terms, or ``"auto"``: 0.1 x the mean count per cell,
+        so that its pull relative to the reconstruction (whose gradient grows with sequencing
+        depth) is the same on shallow and deep data.
     n_neighbors
         Neighbours of each cell besides itself in the mutual kNN graphs (15, the paper's k).
     batch_key
@@ -73,6 +96,7 @@ class SCE2TM(BaseTopicModel):
     """
 
     model_name = "sce2tm"
+    clustering_representation = "logits"  # the logits cluster more stably than theta (issue 17)
 
     def __init__(self, adata: ad.AnnData | str, n_topics: int = 100, layer: str | None = None,
                  external_key: str | None = None, *, n_top_genes: int | None = 5000,
@@ -80,13 +104,23 @@ class SCE2TM(BaseTopicModel):
                  encoder_input: str = "counts", cross_view: bool = True, external_concat: bool = False,
                  ecr_weight: float = 100.0, ecr_eps: float = 0.05, ecr_grad: str = "implicit",
                  entropy_weight: float = 5.0, temperature: float = 0.5, n_neighbors: int = 15,
-                 batch_key: str | None = None, seed: int = 0, backed: bool = False):
+                 batch_key: str | None = None, seed: int = 0, backed: bool = False,
+                 preset: str = "default", cve_loss: str | None = None, cve_weight: float | str | None = None):
         if int(n_topics) < 2:  # before reading the data: fail fast
             raise InputError(f"n_topics must be at least 2, got {n_topics}.")
         if ecr_weight < 0:
             raise InputError(f"ecr_weight must be >= 0, got {ecr_weight}.")
         if cross_view and external_concat:
             raise InputError("cross_view=True and external_concat=True are alternatives; set cross_view=False for 'w/ EC'.")
+        if preset not in PRESETS:
+            raise InputError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}.")
+        cve_loss = PRESETS[preset]["cve_loss"] if cve_loss is None else cve_loss
+        cve_weight = PRESETS[preset]["cve_weight"] if cve_weight is None else cve_weight
+        if cve_loss not in CVE_LOSSES:
+            raise InputError(f"cve_loss must be one of {CVE_LOSSES}, got {cve_loss!r}.")
+        if not (cve_weight == "auto" or (isinstance(cve_weight, (int, float)) and not isinstance(cve_weight, bool)
+                                         and cve_weight >= 0)):
+            raise InputError(f"cve_weight must be a number >= 0 or 'auto', got {cve_weight!r}.")
         if ecr_grad not in ECR_GRADS:
             raise InputError(f"ecr_grad must be one of {ECR_GRADS}, got {ecr_grad!r}.")
         self._setup(adata, layer, n_top_genes, backed, batch_key)
@@ -106,7 +140,9 @@ class SCE2TM(BaseTopicModel):
             encoder_input=encoder_input, cross_view=bool(cross_view),
             external_concat=bool(external_concat), ecr_weight=float(ecr_weight), ecr_eps=ecr_eps,
             ecr_grad=ecr_grad, entropy_weight=entropy_weight, temperature=temperature,
-            n_neighbors=int(n_neighbors), batch_key=batch_key, seed=int(seed),
+            n_neighbors=int(n_neighbors), batch_key=batch_key, seed=int(seed), preset=preset, cve_loss=cve_loss,
+            cve_weight=cve_weight if cve_weight == "auto" else float(cve_weight),
+            cve_weight_value=AUTO_CVE_PER_COUNT * self.mean_library_ if cve_weight == "auto" else float(cve_weight),
             n_external=0 if self.external_ is None else int(self.external_.matrix.shape[1]),
         )
         self.graph_stats_: dict[str, dict] = {}
@@ -118,16 +154,18 @@ class SCE2TM(BaseTopicModel):
         names = ("n_external", "n_hidden", "emb_dim", "tau", "dropout", "encoder_input", "cross_view",
                  "external_concat", "ecr_eps", "ecr_grad", "entropy_weight", "temperature")
         return SCE2TMModule(n_genes=len(self.genes), n_topics=k["n_topics"], n_batches=self.n_batches,
+                            cve_loss=k.get("cve_loss", "cluster"),  # files saved before it existed
                             **{name: k[name] for name in names})
 
     def __repr__(self) -> str:
         k, state = self._init_kwargs, "trained" if self.is_trained else "untrained"
         return (f"SCE2TM({len(self.genes)} genes, {k['n_topics']} topics, external={k['external_key']!r}, "
-                f"cross_view={k['cross_view']}, ecr_weight={k['ecr_weight']}, batches={self.n_batches}; {state})")
+                f"preset={k.get('preset', 'paper')!r}, cross_view={k['cross_view']}, ecr_weight={k['ecr_weight']}, "
+                f"batches={self.n_batches}; {state})")
 
     def train(self, max_epochs: int = 500, batch_size: int = 512, lr: float = 1e-3, seed: int = 0, *,
-              lr_step_epochs: int | None = -1, optimizer: str = "rmsprop", ecr_delay: float = 0.0,
-              ecr_warmup: float = 0.0, **run_options) -> "SCE2TM":
+              lr_step_epochs: int | None = -1, optimizer: str = "rmsprop", ecr_delay: float | None = None,
+              ecr_warmup: float | None = None, **run_options) -> "SCE2TM":
         """Train the model (the paper's schedule: 500 epochs of 512 cells, RMSprop at 1e-3).
 
         Parameters
@@ -142,8 +180,9 @@ class SCE2TM(BaseTopicModel):
             ``"rmsprop"`` (paper), ``"adam"`` or ``"adamw"``.
         ecr_delay, ecr_warmup
             ECR off for the first ``ecr_delay`` fraction of epochs (no Sinkhorn solve), then
-            ramped linearly to ``ecr_weight`` over the next ``ecr_warmup`` fraction (default 0
-            and 0: the full weight from the first step, as in the paper).
+            ramped linearly to ``ecr_weight`` over the next ``ecr_warmup`` fraction. ``None``:
+            the preset's (``"default"``: 0.5 and 0.25; ``"paper"``: 0 and 0, the full weight from
+            the first step).
         **run_options
             How the run executes (``device``, ``progress``, ``checkpoint_path``, ``resume``,
             ``distributed``, ``precision``...); see :class:`sctopic.train.plan.RunOptions`.
@@ -152,12 +191,19 @@ class SCE2TM(BaseTopicModel):
         if (k["cross_view"] or k["external_concat"]) and self.external_ is None and self._X is not None:
             raise InputError("this model was loaded from a file, which does not store the external view; "
                              "continuing training is not supported yet: create a new SCE2TM to train.")
+        preset = PRESETS[k.get("preset", "paper")]  # files saved before presets: the paper's
+        ecr_delay = preset["ecr_delay"] if ecr_delay is None else ecr_delay
+        ecr_warmup = preset["ecr_warmup"] if ecr_warmup is None else ecr_warmup
+        if not (0 <= ecr_delay and 0 <= ecr_warmup and ecr_delay + ecr_warmup <= 1):
+            raise InputError(f"ecr_delay and ecr_warmup are fractions of training (>= 0, sum <= 1); "
+                             f"got {ecr_delay} and {ecr_warmup}.")
         step = max(1, max_epochs // 4) if lr_step_epochs == -1 else lr_step_epochs
         settings = {"lr_step_epochs": step}
         if ecr_delay or ecr_warmup:  # only then: checkpoints of runs without them stay resumable
             settings.update(ecr_delay=ecr_delay, ecr_warmup=ecr_warmup)
         plan = TrainingPlan(max_epochs, batch_size, seed, Optimisation(optimizer, lr, lr_step_epochs=step),
-                            weights={"ecr_weight": warmup(k["ecr_weight"], ecr_warmup, ecr_delay)},
+                            weights={"ecr_weight": warmup(k["ecr_weight"], ecr_warmup, ecr_delay),
+                                     "cve_weight": Constant(k.get("cve_weight_value", 1.0))},
                             settings=settings)
         ecr = self.module.ecr
         stats = (lambda: {"sinkhorn_iterations": float(ecr.last_iterations)}) if k["ecr_weight"] > 0 else None

@@ -47,3 +47,14 @@ def mean_entropy(p: torch.Tensor) -> torch.Tensor:
     """Entropy of the batch-mean assignment ``mean_i p_i`` (high when clusters are all used)."""
     m = p.mean(dim=0).clamp_min(_TINY)
     return -(m * torch.log(m)).sum()
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """Instance-level contrastive loss (InfoNCE): row ``i`` of ``query`` should be closer (cosine)
+    to row ``i`` of ``key`` than to any other row of ``key``; mean cross-entropy over rows.
+
+    Unlike :func:`cluster_contrastive_loss` it does not ask for balanced clusters, so a cell
+    type holding 40% of the cells is not cut into pieces of equal size.
+    """
+    sim = F.normalize(query, dim=1) @ F.normalize(key, dim=1).T / temperature
+    return F.cross_entropy(sim, torch.arange(query.shape[0], device=sim.device))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from sctopic.nn.base import TopicModule
-from sctopic.nn.crossview import cluster_contrastive_loss, consistency_loss, mean_entropy
+from sctopic.nn.crossview import cluster_contrastive_loss, consistency_loss, info_nce, mean_entropy
 from sctopic.nn.decoder import EmbeddedTopicDecoder
 from sctopic.nn.encoder import ClusterHead, TopicEncoder, reparameterize
 from sctopic.nn.prior import kl_diag_gaussian, laplace_dirichlet_prior
@@ -15,6 +15,7 @@ from sctopic.nn.sinkhorn import ECR
 from sctopic.utils.sparse import csr_head, csr_row_ids, csr_tensor, row_sums
 
 ENCODER_INPUTS = ("counts", "log1p")
+CVE_LOSSES = ("cluster", "neighbour")
 
 
 def transform_input(x: torch.Tensor, how: str) -> torch.Tensor:
@@ -57,7 +58,12 @@ class SCE2TMModule(TopicModule):
     entropy_weight
         alpha of the entropy regulariser (5).
     temperature
-        Temperature of the cluster-level contrastive loss (0.5).
+        Temperature of the contrastive losses (0.5).
+    cve_loss
+        ``"cluster"`` (the paper: cluster-level contrast of the softmax heads, consistency and
+        entropy terms) or ``"neighbour"`` (instance-level InfoNCE of the topic logits ``mu``
+        against the cluster head's logits: an anchor against its external-view neighbour, its
+        expression neighbour against the anchor, and a cell against itself across views).
     n_batches
         Per-batch gene intercepts in the decoder (0: none).
     """
@@ -79,15 +85,18 @@ class SCE2TMModule(TopicModule):
         entropy_weight: float = 5.0,
         temperature: float = 0.5,
         n_batches: int = 0,
+        cve_loss: str = "cluster",
     ):
         super().__init__()
         if encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {encoder_input!r}")
+        if cve_loss not in CVE_LOSSES:
+            raise ValueError(f"cve_loss must be one of {CVE_LOSSES}, got {cve_loss!r}")
         if (cross_view or external_concat) and n_external <= 0:
             raise ValueError("cross_view / external_concat need an external view (n_external > 0)")
         if cross_view and external_concat:
             raise ValueError("cross_view and external_concat are alternatives; choose one")
-        self.n_topics, self.encoder_input = n_topics, encoder_input
+        self.n_topics, self.encoder_input, self.cve_loss = n_topics, encoder_input, cve_loss
         self.cross_view, self.external_concat = cross_view, external_concat
         self.entropy_weight, self.temperature = float(entropy_weight), float(temperature)
         n_in = n_genes + (n_external if external_concat else 0)
@@ -121,6 +130,7 @@ class SCE2TMModule(TopicModule):
         v_nb: torch.Tensor | None = None,
         batch: torch.Tensor | None = None,
         ecr_weight: float = 0.0,
+        cve_weight: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """Losses for a minibatch: :meth:`inference` then :meth:`loss`.
 
@@ -139,12 +149,15 @@ class SCE2TMModule(TopicModule):
             ``(B,)`` batch index per cell when the decoder has intercepts.
         ecr_weight
             Weight lambda of the ECR term (0 disables the Sinkhorn solve).
+        cve_weight
+            Weight of the Cross-view Encoder's terms (1 in the paper).
         """
         if self.cross_view and x_nb is not None:
             x = torch.cat([x, x_nb], 0)
         # With the CVE, one encoder pass for anchors and neighbours together (batch norm sees both).
         posterior = self.inference(x, None if self.cross_view else v)
-        return self.loss(x, posterior, v=v, v_nb=v_nb, batch=batch, ecr_weight=ecr_weight)
+        return self.loss(x, posterior, v=v, v_nb=v_nb, batch=batch, ecr_weight=ecr_weight,
+                         cve_weight=cve_weight)
 
     def loss(
         self,
@@ -154,6 +167,7 @@ class SCE2TMModule(TopicModule):
         v_nb: torch.Tensor | None = None,
         batch: torch.Tensor | None = None,
         ecr_weight: float = 0.0,
+        cve_weight: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """Named loss terms of a minibatch and ``"loss"``, their weighted sum.
 
@@ -176,17 +190,33 @@ class SCE2TMModule(TopicModule):
             out["ecr"] = ecr
             loss = loss + ecr_weight * ecr
         if self.cross_view:
-            theta_nb = theta_all[B:]
-            phi_all = torch.softmax(self.cluster_head(torch.cat([v, v_nb], 0)), dim=1)
-            phi, phi_nb = phi_all[:B], phi_all[B:]
-            distill = cluster_contrastive_loss(phi, theta_nb, self.temperature) + \
-                cluster_contrastive_loss(theta, phi_nb, self.temperature)
-            con = consistency_loss(theta, phi)
-            ent = mean_entropy(theta) + mean_entropy(phi)
-            out.update(distill=distill, consistency=con, entropy=ent)
-            loss = loss + distill + con - self.entropy_weight * ent
+            terms = self._cross_view_terms(posterior, theta, B, v, v_nb)
+            out.update(terms)
+            # Term by term, in this order: at weight 1 the sum is bit-identical to the paper's.
+            loss = loss + cve_weight * terms["distill"] + cve_weight * terms["consistency"]
+            if "entropy" in terms:
+                loss = loss - (cve_weight * self.entropy_weight) * terms["entropy"]
         out["loss"] = loss
         return out
+
+    def _cross_view_terms(self, posterior: dict[str, torch.Tensor], theta: torch.Tensor, B: int,
+                          v: torch.Tensor, v_nb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The CVE's terms: anchors are rows ``:B`` of the posterior, their expression neighbours
+        rows ``B:``; ``v``/``v_nb``: the anchors' external view and that of their external-view
+        neighbours."""
+        psi_all = self.cluster_head(torch.cat([v, v_nb], 0))
+        psi, psi_nb = psi_all[:B], psi_all[B:]
+        T = self.temperature
+        if self.cve_loss == "neighbour":
+            mu, mu_nb = posterior["mu"][:B], posterior["mu"][B:]
+            return {"distill": info_nce(mu, psi_nb, T) + info_nce(psi, mu_nb, T),
+                    "consistency": info_nce(mu, psi, T)}
+        phi_all = torch.softmax(psi_all, dim=1)
+        phi, phi_nb = phi_all[:B], phi_all[B:]
+        theta_nb = posterior["theta"][B:]
+        return {"distill": cluster_contrastive_loss(phi, theta_nb, T) + cluster_contrastive_loss(theta, phi_nb, T),
+                "consistency": consistency_loss(theta, phi),
+                "entropy": mean_entropy(theta) + mean_entropy(phi)}
 
     def gene_embedding(self) -> torch.Tensor:
         """``(V, L)`` gene embeddings."""

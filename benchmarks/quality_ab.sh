@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Controlled A/B of SCE2TM recipes (issue 17): every arm x dataset x seed, two single-threaded
+# runs side by side (quality numbers do not depend on contention; timings from here do: measure
+# time per epoch alone). Each run: benchmarks/bench_foundation.py with the arm's options.
+#
+# Usage: benchmarks/quality_ab.sh OUT_DIR EPOCHS "ARM ..." "DATASET ..." "SEED ..."
+#   e.g. benchmarks/quality_ab.sh benchmarks/results/quality 200 "paper default" "pbmc3k kang8 baron" "0 1 2"
+# then:  python benchmarks/summarise_quality_ab.py OUT_DIR
+# Arms are named sets of SCE2TM options; add one by adding a line to arm_options.
+set -euo pipefail
+out=${1:?OUT_DIR}; epochs=${2:?EPOCHS}; arms=${3:?ARMS}; datasets=${4:?DATASETS}; seeds=${5:?SEEDS}
+here=$(cd "$(dirname "$0")" && pwd)
+py=${PYTHON:-$here/../.venv/bin/python}
+
+arm_options() {
+  case $1 in
+    paper) echo "preset=paper" ;;                      # the published equations and schedule
+    default) echo "preset=default" ;;                  # the recommended recipe
+    default_no_warmup) echo "preset=default ecr_delay=0 ecr_warmup=0" ;;
+    cluster_auto) echo "preset=paper cve_weight=auto ecr_delay=0.5 ecr_warmup=0.25" ;;
+    *) echo "unknown arm $1" >&2; return 1 ;;
+  esac
+}
+
+mkdir -p "$out/logs"
+jobs=()
+for ds in $datasets; do for seed in $seeds; do for arm in $arms; do jobs+=("$arm $ds $seed"); done; done; done
+run_one() {
+  read -r arm ds seed <<<"$1"
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
+    "$py" "$here/bench_foundation.py" --datasets "$ds" --epochs "$epochs" --seeds "$seed" \
+    --set $(arm_options "$arm") --tag "ab${epochs}_${arm}_${ds}_s${seed}" --results-dir "$out" \
+    >"$out/logs/${arm}_${ds}_s${seed}.txt" 2>&1
+  echo "done $arm $ds $seed $(date +%T)"
+}
+export -f run_one arm_options; export py here epochs out
+printf '%s\n' "${jobs[@]}" | xargs -P 2 -I{} bash -c 'run_one "$@"' _ {}
