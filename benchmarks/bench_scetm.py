@@ -203,7 +203,7 @@ def part_variants(args) -> None:
     for cls, variant, kw, epochs in specs:
         m = getattr(sctopic, cls)(a.copy(), n_topics=args.n_topics, seed=args.seed, **kw)
         m.train(max_epochs=epochs, seed=args.seed, progress=False, write_results=False)
-        m.save(models / f"{cls}_{variant.replace(' ', '_').replace('+', 'and')}_e{epochs}.pt")
+        m.save(models / f"{cls}_{variant.replace(' ', '_').replace('+', 'and')}_e{epochs}.pt", overwrite=True)
         theta, logits = m.get_cell_topics(), m.get_cell_topics(logits=True)
         r = {"model": cls, "variant": variant, "epochs": epochs,
              "seconds_per_epoch": float(np.mean(m.history["epoch_seconds"]))}

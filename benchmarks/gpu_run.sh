@@ -34,11 +34,11 @@ for step in "$@"; do
       K=.gpudata/kang2018_pbmc_ctrl_8donors.h5ad
       P=.gpudata/pbmc68k_reduced_counts.h5ad
       E=${SMOKE_EPOCHS:-10}
-      python3 -m sctopic fit $K --out /tmp/s_fp32 --max-epochs $E --device cuda 2>&1 | tail -3
-      python3 -m sctopic fit $K --out /tmp/s_bf16 --max-epochs $E --device cuda --precision bf16 2>&1 | tail -3
-      python3 -m sctopic fit $K --out /tmp/s_bf16_compile --max-epochs $E --device cuda --precision bf16 --compile 2>&1 | tail -3
-      python3 -m sctopic fit $K --out /tmp/s_backed --max-epochs 3 --device cuda --backed 2>&1 | tail -3
-      torchrun --nproc-per-node 1 -m sctopic fit $P --out /tmp/s_nccl --max-epochs 3 --backend nccl 2>&1 | tail -3
+      python3 -m sctopic fit $K --out /tmp/s_fp32 --overwrite --max-epochs $E --device cuda 2>&1 | tail -3
+      python3 -m sctopic fit $K --out /tmp/s_bf16 --overwrite --max-epochs $E --device cuda --precision bf16 2>&1 | tail -3
+      python3 -m sctopic fit $K --out /tmp/s_bf16_compile --overwrite --max-epochs $E --device cuda --precision bf16 --compile 2>&1 | tail -3
+      python3 -m sctopic fit $K --out /tmp/s_backed --overwrite --max-epochs 3 --device cuda --backed 2>&1 | tail -3
+      torchrun --nproc-per-node 1 -m sctopic fit $P --out /tmp/s_nccl --overwrite --max-epochs 3 --backend nccl 2>&1 | tail -3
       for d in s_fp32 s_bf16 s_bf16_compile s_backed s_nccl; do cp /tmp/$d/train.json "$S/$d.json" 2>/dev/null || echo "no train.json for $d"; done
       python3 benchmarks/gpu_smoke_summary.py "$S" ;;
     scale)

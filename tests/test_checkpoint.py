@@ -110,7 +110,7 @@ def test_truncated_or_garbage_checkpoint_is_a_clear_error(data, scetm_checkpoint
         _resume(data.copy(), bad)
     # A model file is not a checkpoint either.
     m = sctopic.SCETM(data.copy(), n_topics=5, n_hidden=32, emb_dim=16).train(**{**TRAIN, "max_epochs": 1})
-    m.save(bad)
+    m.save(bad, overwrite=True)
     with pytest.raises(InputError, match="not a sctopic checkpoint"):
         _resume(data.copy(), bad)
 

@@ -153,7 +153,7 @@ def test_cli_under_torchrun_writes_outputs_once(tmp_path, pbmc_small):
                    "--max-epochs", "2", "--batch-size", "128", "--device", "cpu",
                    "--checkpoint-every", "1"], cwd=tmp_path)
     assert r.stdout.count("trained sce2tm") == 1  # printed by rank 0 only
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "result.h5ad", "train.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.pt", "result.h5ad", "train.json"]
     report = json.loads((out / "train.json").read_text())
     assert report["distributed"]["world_size"] == 2
     assert report["distributed"]["backend"] == "gloo"

@@ -186,10 +186,9 @@ def plot_metrics(df: pd.DataFrame, dataset: str, path: str | Path, methods: Sequ
         ax.tick_params(axis="y", labelsize=7)
     fig.suptitle(f"{dataset}: mean ± sd over seeds", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    from sctopic.data.io import atomic_write
+
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _method_colors(methods: Sequence[str]) -> dict[str, tuple]:
@@ -241,10 +240,9 @@ def plot_clustering_vs_interpretability(
         caption += f"; not shown (no topics or no finished run): {', '.join(sorted(missing))}"
     fig.suptitle(caption, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    from sctopic.data.io import atomic_write
+
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
 
 
 def write_report(

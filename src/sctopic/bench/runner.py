@@ -297,6 +297,7 @@ def run_benchmark(
     keep_going: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    out: str | Path | None = None,
 ) -> pd.DataFrame:
     """Run every (dataset, method, seed) of a configuration and write ``results.csv``.
 
@@ -316,6 +317,9 @@ def run_benchmark(
         Show a progress bar over runs.
     log
         Called with a one-line summary of each finished run (default: printed).
+    out
+        Folder to write into instead of ``cfg.out`` (``sctopic bench`` passes the staging
+        folder that it swaps in as ``cfg.out`` at the end; see :mod:`sctopic.data.rundir`).
 
     Returns
     -------
@@ -329,7 +333,7 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
-    out = Path(cfg.out)
+    out = Path(cfg.out if out is None else out)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / RESULTS_CSV
     runs = plan_runs(cfg)
@@ -357,7 +361,7 @@ def run_benchmark(
 
     write_text_atomic(json.dumps(jsonable(cfg.to_dict()), indent=2) + "\n", out / "bench_config.json")
     log(f"sctopic bench: {len(runs)} runs in the config, {len(runs) - len(todo)} already done, "
-        f"{len(todo)} to run; results in {csv}")
+        f"{len(todo)} to run; results in {Path(cfg.out) / RESULTS_CSV}")
 
     rows: dict[tuple, dict] = dict(done)
     # rows whose key cannot be read are kept as they are (nothing written is lost)

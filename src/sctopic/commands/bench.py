@@ -4,13 +4,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sctopic.commands.common import add_command, nonneg_int, positive_int
+from sctopic.commands.common import add_command, add_overwrite_arg, nonneg_int, positive_int
 
 DESCRIPTION = """\
 Run every method on every dataset with every seed of CONFIG, scoring each run with `sctopic
 evaluate`'s metrics. Writes OUT/results.csv (one row per run, rewritten after each run),
-OUT/table.md (mean ± sd per method and dataset), OUT/summary.csv and OUT/figures/*.png. An
-interrupted benchmark continues where it stopped when started again (--resume, the default).
+OUT/table.md (mean ± sd per method and dataset), OUT/summary.csv, OUT/figures/*.png and
+OUT/manifest.json. The benchmark works in a hidden sibling folder (.OUT.sctopic-tmp-*, a copy
+of OUT's previous rows) and swaps it in as OUT when done, so OUT always holds one consistent
+state; a run that raises ends the benchmark with the rows finished so far (and their report)
+swapped in. An interrupted benchmark continues where it stopped when started again (--resume,
+the default): after a kill, from the hidden folder the killed process left. A non-empty OUT
+that is not a benchmark is refused; --overwrite starts a new benchmark in place of the old.
 """
 
 
@@ -34,6 +39,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="only rewrite table.md, summary.csv and the figures from OUT/results.csv")
     p.add_argument("--dry-run", action="store_true", help="check the config and list the runs, run nothing")
+    add_overwrite_arg(p)
     return p
 
 
@@ -43,8 +49,6 @@ def run(args: argparse.Namespace) -> int:
 
     from sctopic.bench import load_config, read_results, run_benchmark, write_report
     from sctopic.bench.runner import RESULTS_CSV, check_datasets, plan_runs
-    from sctopic.commands.common import prepare_out_dir
-
     cfg = load_config(args.config)
     if args.device is not None and not (args.device in ("auto", "cpu") or args.device.startswith("cuda")):
         from sctopic.errors import InputError
@@ -65,14 +69,40 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r.dataset.name}\t{r.method.name}\t{r.seed}\t{r.method.model}\t{r.train}")
         print(f"{len(runs)} runs; output folder {cfg.out}", file=sys.stderr)
         return 0
-    out = prepare_out_dir(cfg.out)
-    if args.report_only:
-        df = read_results(out / RESULTS_CSV)
-    else:
-        df = run_benchmark(cfg, resume=args.resume, keep_going=args.keep_going, progress=not quiet,
-                           log=None)
-    written = write_report(df, out, datasets=list(cfg.datasets), methods=list(cfg.methods), title=title)
+    from sctopic.data import rundir
+    from sctopic.data.rundir import file_sha256
+
+    target = Path(cfg.out)
+    writer = rundir.RunWriter(target, "bench", overwrite=args.overwrite, continue_same=True,
+                              adopt_stale=args.resume and not args.overwrite)
+    stage = writer.path
+    csv = stage / RESULTS_CSV
+
+    def digest() -> str | None:
+        return file_sha256(csv) if csv.is_file() else None
+
+    def commit(df) -> dict:
+        written = write_report(df, stage, datasets=list(cfg.datasets), methods=list(cfg.methods), title=title)
+        writer.commit(settings=cfg.to_dict(), data={"config": rundir.input_file_info(args.config)},
+                      extra={"rows": len(df)})
+        return written
+
+    before = None if writer.adopted else digest()
+    with writer:
+        if args.report_only:
+            df = read_results(csv)
+        else:
+            try:
+                df = run_benchmark(cfg, resume=args.resume, keep_going=args.keep_going, progress=not quiet,
+                                   log=None, out=stage)
+            except (Exception, KeyboardInterrupt):
+                # A run failed: the rows finished before it are kept, with their report.
+                if digest() != before:
+                    commit(read_results(csv))
+                raise
+        written = commit(df)
+    out = target
     n_ok = int((df["status"] == "ok").sum()) if len(df) else 0
     print(f"{len(df)} rows in {out / RESULTS_CSV} ({n_ok} ok); wrote "
-          + ", ".join(str(p.relative_to(out)) if p.is_relative_to(out) else str(p) for p in written.values()))
+          + ", ".join(str(p.relative_to(stage)) if p.is_relative_to(stage) else str(p) for p in written.values()))
     return 0

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 from sctopic.data.io import write_text_atomic
-from sctopic.errors import InputError
 
 
 def _int_at_least(value: str, low: int) -> int:
@@ -37,12 +36,21 @@ def write_json(data: dict, path: str | Path) -> Path:
     return write_text_atomic(json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n", path)
 
 
-def prepare_out_dir(path: str | Path) -> Path:
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a directory.")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def add_overwrite_arg(p) -> None:
+    """The ``--overwrite`` flag of the commands that write an output directory."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run of this command in --out (default: refuse a non-empty "
+                        "--out). The new run is written beside it and swapped in only when complete")
+
+
+def verify_run_input(path: str | Path) -> None:
+    """Refuse a run directory (or a file in one) whose files do not match its manifest.
+
+    Directories written by older versions (no ``manifest.json``) pass unchecked.
+    """
+    from sctopic.data.rundir import verify_input
+
+    verify_input(path)
 
 
 def add_command(sub, name: str, run, *, help: str, description: str | None = None, **kwargs):

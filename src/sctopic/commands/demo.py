@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sctopic.commands.common import positive_int, prepare_out_dir, write_json
+from sctopic.commands.common import add_overwrite_arg, positive_int, write_json
 
 
 def register(sub) -> None:
@@ -13,6 +13,7 @@ def register(sub) -> None:
     p.add_argument("--max-epochs", type=positive_int, default=200, help="epochs (default 200)")
     p.add_argument("--n-topics", type=positive_int, default=20, help="topics (default 20)")
     p.add_argument("--seed", type=int, default=0)
+    add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
@@ -22,25 +23,30 @@ def run(args) -> int:
     from sctopic.commands.fit import fit_and_write
     from sctopic.datasets import pbmc68k_reduced
 
-    out = prepare_out_dir(args.out)
+    out = Path(args.out)
     adata = pbmc68k_reduced()
     fit_args = argparse.Namespace(
         data="sctopic.datasets.pbmc68k_reduced()", n_topics=args.n_topics, layer=None,
         external_key=None, n_hvg=0, max_epochs=args.max_epochs, batch_size=512, lr=1e-3,
         seed=args.seed, device="auto", ecr_weight=100.0, no_cross_view=False,
         external_concat=False, encoder_input="counts", ecr_grad="implicit",
+        overwrite=bool(getattr(args, "overwrite", False)),
     )
     print(f"sctopic demo: scE2TM with {args.n_topics} topics on {adata.n_obs} PBMCs x "
           f"{adata.n_vars} genes (bundled pbmc68k_reduced), {args.max_epochs} epochs")
-    report = fit_and_write(adata, fit_args, out, progress=not args.quiet)
     import anndata as ad
 
-    res = ad.read_h5ad(Path(out) / "result.h5ad")
-    theta = res.obsm["X_sce2tm"]
+    def add_metrics(stage: Path, report: dict) -> None:
+        """Score the result in the staging folder and add the numbers to its train.json."""
+        res = ad.read_h5ad(stage / "result.h5ad")
+        report["demo_metrics"] = _quick_metrics(res.obsm["X_sce2tm"], res.uns["sce2tm"]["topic_gene"],
+                                                res.obs["cell_type"].to_numpy())
+        write_json(report, stage / "train.json")
+
+    report = fit_and_write(adata, fit_args, out, progress=not args.quiet, command="demo", finish=add_metrics)
+    res = ad.read_h5ad(out / "result.h5ad")
     beta = res.uns["sce2tm"]["topic_gene"]
-    metrics = _quick_metrics(theta, beta, res.obs["cell_type"].to_numpy())
-    report["demo_metrics"] = metrics
-    write_json(report, Path(out) / "train.json")
+    metrics = report["demo_metrics"]
     print(f"trained in {report['seconds_training']:.1f} s ({report['seconds_per_epoch']:.3f} s/epoch)")
     print(f"clustering of theta vs cell types (Leiden, best resolution = oracle): "
           f"ARI {metrics['ari_oracle']:.3f}, NMI {metrics['nmi_oracle']:.3f}")

@@ -74,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--size-grid must be a ratio > 1 (e.g. 1.1)")
     from sctopic.data.io import atomic_write, check_writable
 
+    from sctopic.commands.common import verify_run_input
+
     src = gs.io.result_path(args.dir)
+    verify_run_input(args.dir)  # a folder whose files do not match its manifest is refused
     topic_gene, genes, model = gs.read_topic_gene(src)
     out = check_writable(Path(args.out) if args.out else src.parent / "enrichment.tsv")
     quiet = getattr(args, "quiet", False)

@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--fdr must be in (0, 1], got {args.fdr}")
     if args.top_n < 1:
         raise InputError(f"--top-n must be >= 1, got {args.top_n}")
+    from sctopic.commands.common import verify_run_input
+
+    verify_run_input(args.dir)  # a folder whose files do not match its manifest is refused
     genesets = DEFAULT_GENESETS if args.genesets is None else tuple(args.genesets)
     if [g.lower() for g in genesets] == ["none"]:
         genesets = ()

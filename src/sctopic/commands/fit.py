@@ -5,7 +5,9 @@ import argparse
 import time
 from pathlib import Path
 
-from sctopic.commands.common import nonneg_int, positive_int, prepare_out_dir, write_json
+from collections.abc import Callable
+
+from sctopic.commands.common import add_overwrite_arg, nonneg_int, positive_int, write_json
 
 # The gradient modes without importing torch at CLI start-up.
 ECR_GRADS = ("implicit", "envelope", "unrolled")
@@ -82,16 +84,21 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
 def register(sub) -> None:
     p = sub.add_parser("fit", help="train a topic model on an .h5ad file",
                        description="Train a topic model and write DIR/model.pt, DIR/result.h5ad "
-                                   "(the data restricted to the model's genes, plus outputs) and "
-                                   "DIR/train.json. With --checkpoint-every N, DIR/checkpoint.pt is "
-                                   "rewritten atomically every N epochs and deleted once all outputs are "
-                                   "written; after a crash or kill, run the same command with "
-                                   "--resume. Under torchrun (`torchrun --nproc-per-node N -m "
+                                   "(the data restricted to the model's genes, plus outputs), "
+                                   "DIR/train.json and DIR/manifest.json (the files' sizes and "
+                                   "SHA-256). The files are written into a hidden sibling folder and "
+                                   "swapped in as one unit when all are complete; a non-empty DIR is "
+                                   "replaced only with --overwrite. With --checkpoint-every N, "
+                                   "DIR/checkpoint.pt is rewritten atomically every N epochs and goes "
+                                   "away once the outputs are in place; after a crash or kill, run "
+                                   "the same command with --resume (refused on other data or "
+                                   "settings). Under torchrun (`torchrun --nproc-per-node N -m "
                                    "sctopic fit ...`) or with --devices N, N processes train one "
                                    "model data-parallel and only rank 0 writes.")
     p.add_argument("data", help="input .h5ad with raw counts")
     p.add_argument("--model", choices=MODELS, default="sce2tm", help="model (default sce2tm)")
     p.add_argument("--out", required=True, help="output directory")
+    add_overwrite_arg(p)
     add_training_args(p)
     p.add_argument("--checkpoint-every", type=nonneg_int, default=0, metavar="N",
                    help="write DIR/checkpoint.pt atomically every N epochs (default 0: never); "
@@ -138,14 +145,46 @@ def _check_flags(args, model: str) -> None:
             raise InputError(f"{flag} does not apply to --model {model}.")
 
 
-def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
-    """Train according to parsed arguments, write the three outputs, return the report."""
+def fit_and_write(adata, args, out: Path, progress: bool = True, *, command: str = "fit",
+                  finish: Callable[[Path, dict], None] | None = None) -> dict:
+    """Train according to parsed arguments, write the run's outputs as one unit, return the report.
+
+    Parameters
+    ----------
+    adata
+        The training data (or, with ``args.backed``, ignored for ``args.data``).
+    args
+        Parsed ``fit`` arguments (flags left at None take the model's defaults).
+    out
+        The output directory. Refused before training when it holds another command's run,
+        files that are not a sctopic run, or (without ``args.overwrite``) a previous fit; a
+        ``checkpoint.pt`` alone does not count (``--resume``).
+    progress
+        Show a progress bar.
+    command
+        The command recorded in the manifest (``fit`` or ``demo``).
+    finish
+        Called as ``finish(staging_dir, report)`` after the files are written and before they
+        are swapped in (``demo`` adds its metrics there).
+
+    Returns
+    -------
+    dict
+        The report written to ``train.json``.
+    """
     import sctopic
+    from sctopic.data import rundir
 
     t0 = time.perf_counter()
     name = getattr(args, "model", "sce2tm") or "sce2tm"
     _check_flags(args, name)
     resolve_defaults(args, name)
+    overwrite = bool(getattr(args, "overwrite", False))
+    main = _is_main_process()
+    if main:  # before any work: refuse a folder this run must not replace
+        rundir.check_target(out, command, overwrite=overwrite, ignore=(rundir.CHECKPOINT,))
+        rundir.check_parent_writable(out)
+        rundir.clean_stale(out)
     train = {k: getattr(args, k) for k in ("max_epochs", "batch_size", "lr")}
     batch_key = getattr(args, "batch_key", None)
     backed = bool(getattr(args, "backed", False))
@@ -169,7 +208,9 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
             seed=args.seed, backed=backed, preset=getattr(args, "preset", None) or "default",
         )
     every, resume = int(getattr(args, "checkpoint_every", 0) or 0), bool(getattr(args, "resume", False))
-    ckpt = out / "checkpoint.pt" if every or resume else None
+    # The checkpoint lives in the output folder itself, where --resume finds it; the swap that
+    # puts the finished outputs in place removes it.
+    ckpt = out / rundir.CHECKPOINT if every or resume else None
     backend = getattr(args, "backend", "auto") or "auto"
     train["precision"] = getattr(args, "precision", "32") or "32"
     if getattr(args, "compile", False):
@@ -179,42 +220,54 @@ def fit_and_write(adata, args, out: Path, progress: bool = True) -> dict:
                 checkpoint_path=ckpt, checkpoint_every=every, resume=resume, distributed=backend)
     settings = {**model.init_params, **model.train_settings_}
     dist_info = settings.pop("distributed", None)
-    if not _is_main_process():  # under torchrun only rank 0 writes
+    if not main:  # under torchrun only rank 0 writes
         return {"model": model.model_name, "rank": _rank(), "distributed": dist_info}
-    model.save(out / "model.pt")
     from sctopic.data.io import write_h5ad_atomic
     from sctopic.data.outputs import logits_key, theta_key
 
-    if backed:
-        from sctopic.data.io import write_backed_result
+    data_path = str(args.data) if hasattr(args, "data") else None
+    fingerprint = model.data_fingerprint()
+    with rundir.RunWriter(out, command, overwrite=overwrite, ignore=(rundir.CHECKPOINT,)) as writer:
+        stage = writer.path
+        model.save(stage / "model.pt")
+        if backed:
+            from sctopic.data.io import write_backed_result
 
-        write_backed_result(model.adata, model.genes, out / "result.h5ad")
-    else:
-        result = model.adata[:, model.genes].copy()
-        write_h5ad_atomic(result, out / "result.h5ad")
-    hist = model.history_
-    epoch_s = hist.get("epoch_seconds", [])
-    report = {
-        "model": model.model_name,
-        "data": str(args.data) if hasattr(args, "data") else None,
-        "n_cells": int(model.adata.n_obs),
-        "n_genes": len(model.genes),
-        "settings": settings,
-        "external_view": model.init_params.get("external_key"),
-        "batch_key": batch_key,
-        "batches": list(model.batch_categories_),
-        "graphs": model.graph_stats_,
-        "seconds_total": time.perf_counter() - t0,
-        "seconds_training": model.train_seconds_,
-        "seconds_per_epoch": sum(epoch_s) / max(len(epoch_s), 1),
-        "final_losses": {k: v[-1] for k, v in hist.items() if k not in ("epoch_seconds", "lr")},
-        "distributed": dist_info,
-        "outputs": {"model": str(out / "model.pt"), "result": str(out / "result.h5ad"),
-                    "obsm_theta": theta_key(model.model_name), "obsm_logits": logits_key(model.model_name)},
-    }
-    write_json(report, out / "train.json")
+            write_backed_result(model.adata, model.genes, stage / "result.h5ad")
+        else:
+            result = model.adata[:, model.genes].copy()
+            write_h5ad_atomic(result, stage / "result.h5ad")
+        hist = model.history_
+        epoch_s = hist.get("epoch_seconds", [])
+        report = {
+            "model": model.model_name,
+            "data": data_path,
+            "n_cells": int(model.adata.n_obs),
+            "n_genes": len(model.genes),
+            "settings": settings,
+            "external_view": model.init_params.get("external_key"),
+            "batch_key": batch_key,
+            "batches": list(model.batch_categories_),
+            "graphs": model.graph_stats_,
+            "seconds_total": time.perf_counter() - t0,
+            "seconds_training": model.train_seconds_,
+            "seconds_per_epoch": sum(epoch_s) / max(len(epoch_s), 1),
+            "final_losses": {k: v[-1] for k, v in hist.items() if k not in ("epoch_seconds", "lr")},
+            "distributed": dist_info,
+            "run_id": writer.run_id,
+            "resumes": list(model.resumes_),
+            "data_fingerprint": fingerprint,
+            "outputs": {"model": str(out / "model.pt"), "result": str(out / "result.h5ad"),
+                        "manifest": str(out / rundir.MANIFEST),
+                        "obsm_theta": theta_key(model.model_name), "obsm_logits": logits_key(model.model_name)},
+        }
+        write_json(report, stage / "train.json")
+        if finish is not None:
+            finish(stage, report)
+        writer.commit(settings=settings, data={**rundir.input_file_info(data_path), **fingerprint},
+                      extra={"model": model.model_name, "resumes": list(model.resumes_)})
     if ckpt is not None and ckpt.exists():
-        ckpt.unlink()  # every output is written: the checkpoint is redundant
+        ckpt.unlink()  # every output is in place: the checkpoint is redundant
     return report
 
 
@@ -278,7 +331,12 @@ def run(args) -> int:
         raise InputError(f"--devices {devices} but torchrun started {world[1]} processes; "
                          "drop --devices under torchrun.")
     main = _is_main_process()
-    out = prepare_out_dir(args.out) if main else Path(args.out)
+    out = Path(args.out)
+    if main:  # refuse a folder this run must not replace before reading the data
+        from sctopic.data import rundir
+
+        rundir.check_target(out, "fit", overwrite=bool(getattr(args, "overwrite", False)),
+                            ignore=(rundir.CHECKPOINT,))
     adata = read_adata(args.data, backed=bool(getattr(args, "backed", False)))
     try:
         report = fit_and_write(adata, args, out, progress=not args.quiet)
@@ -291,5 +349,5 @@ def run(args) -> int:
         return 0
     print(f"trained {report['model']} on {report['n_cells']} cells x {report['n_genes']} genes in "
           f"{report['seconds_training']:.1f} s ({report['seconds_per_epoch']:.3f} s/epoch)")
-    print(f"wrote {out}/model.pt, {out}/result.h5ad, {out}/train.json")
+    print(f"wrote {out}/model.pt, {out}/result.h5ad, {out}/train.json, {out}/manifest.json")
     return 0

@@ -61,7 +61,10 @@ def run(args) -> int:
     from sctopic.data.io import read_adata
     from sctopic.models.transfer import load_model
 
+    from sctopic.commands.common import verify_run_input
+
     d = Path(args.model_dir)
+    verify_run_input(d)  # a folder whose files do not match its manifest is refused
     if args.data is not None:
         data_path = Path(args.data)
     elif d.is_dir():

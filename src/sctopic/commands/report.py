@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.fdr <= 1:
         raise InputError(f"--fdr must be in (0, 1], got {args.fdr}")
+    from sctopic.commands.common import verify_run_input
+
+    verify_run_input(args.dir)  # a folder whose files do not match its manifest is refused
     path = build_report(args.dir, args.out, labels=args.labels, genesets=args.genesets, top_n=args.top_n,
                         gsea=args.gsea, permutations=args.permutations, fdr=args.fdr, seed=args.seed,
                         title=args.title, layout=args.layout)

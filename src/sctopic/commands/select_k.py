@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sctopic.commands.common import add_command, nonneg_int, positive_int, prepare_out_dir, write_json
+from pathlib import Path
+
+from sctopic.commands.common import add_command, add_overwrite_arg, nonneg_int, positive_int, write_json
 from sctopic.errors import InputError
 
 DESCRIPTION = """\
@@ -13,7 +15,9 @@ matching on the cosine similarity of their topic-gene rows and report the mean m
 similarity (stability) with TD, TC (--genesets) and ARI (--labels) per K. The suggested K is the
 largest K whose mean stability is within --tolerance of the best (--rule tolerance), or the K
 maximising stability x TD (--rule product). Writes DIR/stability.tsv (one row per K),
-DIR/stability_runs.tsv, DIR/stability.json (with the suggestion) and DIR/stability.png.
+DIR/stability_runs.tsv, DIR/stability.json (with the suggestion), DIR/stability.png and
+DIR/manifest.json, swapped in as one unit when all are written (a previous select-k run in DIR
+is replaced only with --overwrite).
 """
 
 
@@ -36,6 +40,7 @@ def register(sub) -> None:
     p.add_argument("--rule", choices=("tolerance", "product"), default="tolerance", help="how K is suggested (default tolerance)")
     p.add_argument("--tolerance", type=float, default=0.05, help="allowed drop of stability below the best (default 0.05)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_overwrite_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tolerance < 0:
         raise InputError(f"--tolerance must be >= 0, got {args.tolerance}")
-    out = prepare_out_dir(args.out)
+    from sctopic.data import rundir
+
+    out = Path(args.out)
+    rundir.check_target(out, "select-k", overwrite=args.overwrite)  # before minutes of training
+    rundir.check_parent_writable(out)
     adata = read_adata(args.data)
     model_kwargs = {"n_top_genes": args.n_hvg or None, "layer": args.layer}
     train_kwargs = {"device": args.device}
@@ -58,12 +67,17 @@ def run(args: argparse.Namespace) -> int:
         train_kwargs=train_kwargs, labels=args.labels, genesets=args.genesets, top_n=args.top_n,
         rule=args.rule, tolerance=args.tolerance, progress=not args.quiet,
     )
-    write_text_atomic(res.table.to_csv(sep="\t", index=False), out / "stability.tsv")
-    write_text_atomic(res.runs.to_csv(sep="\t", index=False), out / "stability_runs.tsv")
-    data = res.to_dict()
-    data["data"] = str(args.data)
-    write_json(data, out / "stability.json")
-    stability_curves(res, path=out / "stability.png")
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "quiet", "out", "overwrite", "command")}
+    with rundir.RunWriter(out, "select-k", overwrite=args.overwrite) as writer:
+        stage = writer.path
+        write_text_atomic(res.table.to_csv(sep="\t", index=False), stage / "stability.tsv")
+        write_text_atomic(res.runs.to_csv(sep="\t", index=False), stage / "stability_runs.tsv")
+        data = res.to_dict()
+        data["data"] = str(args.data)
+        data["run_id"] = writer.run_id
+        write_json(data, stage / "stability.json")
+        stability_curves(res, path=stage / "stability.png")
+        writer.commit(settings=settings, data=rundir.input_file_info(args.data))
     cols = ["k", "stability_mean", "stability_sd", "td_mean", "tc_mean", "ari_mean"]
     print(res.table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"suggested K = {res.suggested_k}: {res.reason}")

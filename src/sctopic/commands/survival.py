@@ -50,7 +50,10 @@ def run(args) -> int:
 
     if args.plot_topic is not None and args.plot is None:
         raise InputError("--plot-topic needs --plot FILE.png.")
+    from sctopic.commands.common import verify_run_input
+
     src = Path(args.model_dir)
+    verify_run_input(src)  # a folder whose files do not match its manifest is refused
     if src.is_file() and src.suffix == ".pt":
         from sctopic.models.transfer import load_model
 

@@ -87,7 +87,7 @@ class BackedCounts:
             raise ValueError("rows must be increasing file rows")
         self.shape = (n_file if self.rows is None else len(self.rows),
                       v_file if self.cols is None else len(self.cols))
-        self._summary: tuple[int, float] | None = None
+        self._digest: tuple[int, float, str] | None = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -180,15 +180,22 @@ class BackedCounts:
         return sp.csr_matrix(sp.vstack(parts, format="csr"), dtype=np.float32)
 
     # ------------------------------------------------------------------ summaries
-    def count_summary(self) -> tuple[int, float]:
-        """``(nnz, total count)`` of the view (one pass, cached): the checkpoint fingerprint."""
-        if self._summary is None:
-            nnz, total = 0, 0.0
+    def digest(self) -> tuple[int, float, str]:
+        """``(nnz, total count, sha256 of the CSR arrays)`` of the view: one pass, cached (the
+        checkpoint's and the manifest's data fingerprint; see :mod:`sctopic.data.fingerprint`)."""
+        if self._digest is None:
+            from sctopic.data.fingerprint import CountsHasher
+
+            h = CountsHasher()
             for _, _, b in self.iter_blocks():
-                nnz += int(b.nnz)
-                total += float(b.data.sum(dtype=np.float64))
-            self._summary = (nnz, total)
-        return self._summary
+                h.update(b)
+            self._digest = (h.nnz, h.total, h.hexdigest())
+        return self._digest
+
+    def count_summary(self) -> tuple[int, float]:
+        """``(nnz, total count)`` of the view (from the cached pass of :meth:`digest`)."""
+        nnz, total, _ = self.digest()
+        return nnz, total
 
     @property
     def nnz(self) -> int:

@@ -53,7 +53,7 @@ def _umask() -> int:
     return mask
 
 
-def _fsync(path: "str | os.PathLike") -> None:
+def fsync_path(path: "str | os.PathLike") -> None:
     """Flush a file or folder to disk (a no-op where the system does not allow it)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -65,6 +65,9 @@ def _fsync(path: "str | os.PathLike") -> None:
         pass
     finally:
         os.close(fd)
+
+
+_fsync = fsync_path
 
 
 def check_writable(path: "str | os.PathLike") -> Path:

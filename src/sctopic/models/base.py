@@ -58,6 +58,29 @@ class BaseTopicModel:
         self.is_trained_ = False
         self.history_: dict[str, list[float]] = {}
         self.train_settings_: dict[str, Any] = {}
+        #: resumes of the last ``train()`` from a checkpoint (see :mod:`sctopic.train.checkpoint`)
+        self.resumes_: list[dict[str, Any]] = []
+        self._data_fingerprint: dict[str, Any] | None = None
+
+    def data_fingerprint(self) -> dict[str, Any]:
+        """A fingerprint of the training cells' counts over the model's genes.
+
+        Shape, non-zeros, total, the SHA-256 of the CSR arrays, and the hashes of the cell and
+        gene names (:func:`sctopic.data.fingerprint.data_fingerprint`). Reused from the
+        checkpoint when training computed it, else computed now (one pass over the counts;
+        out of core, over the file) and cached.
+        """
+        from sctopic.data.fingerprint import data_fingerprint
+
+        if getattr(self, "_data_fingerprint", None) is None:
+            if self._X is None:
+                raise InputError("this model has no training data attached; load it with adata=... first.")
+            cells = self._train_cells
+            obs = None if self.adata is None else self.adata.obs_names[cells].astype(str)
+            fp = data_fingerprint(self._X[cells], obs_names=obs, var_names=[str(g) for g in self.genes])
+            fp["batch_categories"] = list(self.batch_categories_ or [])
+            self._data_fingerprint = fp
+        return dict(self._data_fingerprint)
 
     def _check_topics(self, n_topics: int) -> None:
         """K must be at least 2 and at most the number of genes (topics are distributions over them)."""
@@ -122,8 +145,12 @@ class BaseTopicModel:
             raise InputError("this model has no training data attached; load it with adata=... first.")
         cells = self._train_cells
         codes = None if self._batch_codes is None or not self.n_batches else self._batch_codes[cells]
+        obs_names = None if self.adata is None else self.adata.obs_names[cells].astype(str)
         result = run_plan(plan, options, module=self.module, X=self._X[cells], codes=codes,
-                          batch_builder=batch_builder, identity=self, step_stats=step_stats)
+                          batch_builder=batch_builder, identity=self, step_stats=step_stats,
+                          obs_names=obs_names)
+        self.resumes_ = result.resumes
+        self._data_fingerprint = result.data_fingerprint
         self.device = result.device
         self.history_ = result.history
         self.train_seconds_ = result.seconds
@@ -336,15 +363,30 @@ class BaseTopicModel:
             "is_trained": self.is_trained,
         }
 
-    def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Save the model to one file: tensors plus plain JSON metadata (no pickled objects).
 
         The file is written under a temporary name and renamed, so an interrupted save never
         leaves a truncated model behind.
+
+        Parameters
+        ----------
+        path
+            The model file (e.g. ``model.pt``).
+        overwrite
+            Replace an existing file (default False: an existing file is an error, as in
+            scvi-tools' ``save(overwrite=False)``).
+
+        Raises
+        ------
+        InputError
+            ``path`` exists and ``overwrite`` is False, or ``path`` is a directory.
         """
         path = Path(path)
+        if path.is_dir():
+            raise InputError(f"{path} is a directory; give a file name such as {path / 'model.pt'}.")
         if path.exists() and not overwrite:
-            raise InputError(f"{path} exists; pass overwrite=True to replace it.")
+            raise InputError(f"{path} exists; pass overwrite=True to replace it (or choose another file name).")
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
         payload = {"meta": json.dumps(self._meta()), "state_dict": state}
         return atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -378,6 +420,7 @@ class BaseTopicModel:
         self.device = torch.device(device)
         self.module.to(self.device)
         self.adata, self.layer, self._X, self._train_cells, self.backed = None, layer, None, None, False
+        self.resumes_, self._data_fingerprint = [], None
         if adata is not None:
             self.adata = read_adata(adata)
             self._X = aligned_counts(self.adata, self.genes, layer, allow_missing_genes=False)

@@ -9,9 +9,14 @@ A checkpoint holds everything the next epoch depends on:
 * the state of the ``torch.Generator`` that draws the minibatch order and the neighbours;
 * torch's global random state (and the CUDA one on a GPU) *as the next epoch will find it*
   inside the model's ``seeded`` block (reparameterisation noise, dropout);
-* a JSON fingerprint of the run: model class, init settings, training settings, genes and a
-  summary of the training data. Resuming with other settings or other data raises
-  :class:`~sctopic.errors.InputError` naming what differs.
+* a JSON fingerprint of the run: model class, init settings, training settings, genes, the
+  names of the training cells and a fingerprint of the training counts (shape, non-zeros,
+  total and the SHA-256 of the CSR arrays, :mod:`sctopic.data.fingerprint`), so cells
+  reordered or counts moved between cells are caught too;
+* the list of earlier resumes of the run (recorded in ``train.json`` by ``sctopic fit``).
+
+Resuming with other settings or other data raises :class:`~sctopic.errors.InputError` naming
+what differs.
 
 Resuming therefore gives the same model, bit for bit, as an uninterrupted run with the same
 seed on the same machine and device type.
@@ -28,14 +33,14 @@ partial one. It is read with ``torch.load(weights_only=True)``, which refuses pi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sctopic.data.io import atomic_write
@@ -71,7 +76,8 @@ def check_checkpoint_args(checkpoint_path: str | os.PathLike | None, checkpoint_
         raise InputError(f"checkpoint_path {checkpoint_path} is a directory; give a file name.")
 
 
-def run_fingerprint(model: Any, X: Any, settings: dict[str, Any]) -> dict[str, Any]:
+def run_fingerprint(model: Any, X: Any, settings: dict[str, Any],
+                    obs_names: Sequence[Any] | None = None) -> dict[str, Any]:
     """A JSON-able description of a training run that a checkpoint must match.
 
     Parameters
@@ -79,11 +85,14 @@ def run_fingerprint(model: Any, X: Any, settings: dict[str, Any]) -> dict[str, A
     model
         The topic model (its class, ``init_params``, ``genes`` and batch categories are used).
     X
-        The training matrix (cells x genes, scipy sparse or dense): its shape, number of
-        non-zeros and total count summarise the data.
+        The training matrix (cells x genes, scipy sparse, dense or ``BackedCounts``): its
+        shape, number of non-zeros, total count and the SHA-256 of its CSR arrays
+        (:func:`sctopic.data.fingerprint.data_fingerprint`; out of core, one pass over the file).
     settings
         The training settings that change the result (epochs, batch size, learning rate,
         seed, schedules, device type, minibatch layout...).
+    obs_names
+        Names of the training cells, in the rows' order (None: not compared).
 
     Returns
     -------
@@ -91,29 +100,47 @@ def run_fingerprint(model: Any, X: Any, settings: dict[str, Any]) -> dict[str, A
         Plain JSON types only (tuples become lists), so it compares equal to its own JSON
         round trip.
     """
-    data = getattr(X, "data", None)
-    if hasattr(X, "count_summary"):  # out of core: one pass over the file
-        nnz, total = X.count_summary()
-    elif data is None or not hasattr(X, "nnz"):
-        arr = np.asarray(X)
-        nnz, total = int(np.count_nonzero(arr)), float(arr.sum(dtype=np.float64))
-    else:
-        nnz, total = int(X.nnz), float(np.asarray(data).sum(dtype=np.float64))
-    genes = [str(g) for g in model.genes]
+    from sctopic.data.fingerprint import data_fingerprint
+
+    data = data_fingerprint(X, obs_names=obs_names, var_names=[str(g) for g in model.genes])
+    data["batch_categories"] = list(getattr(model, "batch_categories_", []) or [])
     fp = {
         "class": type(model).__name__,
         "init": model.init_params,
         "train": settings,
-        "data": {
-            "n_cells": int(X.shape[0]),
-            "n_genes": int(X.shape[1]),
-            "genes_sha256": hashlib.sha256("\n".join(genes).encode()).hexdigest(),
-            "nnz": nnz,
-            "total_counts": total,
-            "batch_categories": list(getattr(model, "batch_categories_", []) or []),
-        },
+        "data": data,
     }
     return json.loads(json.dumps(fp, sort_keys=True))
+
+
+#: data keys added after the first checkpoints: not compared when the checkpoint lacks them
+_NEWER_DATA_KEYS = ("counts_sha256", "obs_names_sha256")
+
+#: what a difference in a data key means, for the error message
+_DATA_MEANING = {
+    "counts_sha256": "counts differ (cells reordered or values changed)",
+    "obs_names_sha256": "cell names differ (cells reordered, renamed or another subset)",
+    "genes_sha256": "genes differ (other genes or another order)",
+    "n_cells": "another number of cells",
+    "n_genes": "another number of genes",
+    "nnz": "another number of non-zero counts",
+    "total_counts": "another total count",
+}
+
+
+def _explain(diff: list[str]) -> list[str]:
+    """Say what a differing data key means (``data.counts_sha256: counts differ (...)``)."""
+    out = []
+    for line in diff:
+        key, sep, rest = line.partition(": ")
+        meaning = _DATA_MEANING.get(key[len("data."):]) if key.startswith("data.") and sep else None
+        if meaning is None:
+            out.append(line)
+        elif key.endswith("sha256"):
+            out.append(f"{key}: {meaning}")
+        else:
+            out.append(f"{key}: {meaning} ({rest})")
+    return out
 
 
 def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
@@ -219,6 +246,8 @@ class Checkpointer:
         self.generator = generator
         self.fingerprint = fingerprint
         self.device = torch.device(device)
+        #: resumes of this run so far (``from_epoch``, ``checkpoint``, ``at``), carried in the file
+        self.resumes: list[dict[str, Any]] = []
 
     def _cuda(self) -> bool:
         return self.device.type == "cuda"
@@ -235,6 +264,7 @@ class Checkpointer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self._cuda() else None,
+            "resumes": json.dumps(self.resumes),
         }
 
     def save(self) -> Path:
@@ -293,7 +323,12 @@ class Checkpointer:
             saved = json.loads(state["fingerprint"])
         except (TypeError, ValueError) as exc:
             raise InputError(f"{self.path}: the checkpoint's fingerprint is not valid JSON.") from exc
-        diff = _differences(saved, self.fingerprint)
+        current = self.fingerprint
+        if isinstance(saved.get("data"), dict) and isinstance(current.get("data"), dict):
+            missing = [k for k in _NEWER_DATA_KEYS if k not in saved["data"] and k in current["data"]]
+            if missing:  # written by an older sctopic: compare what it recorded
+                current = {**current, "data": {k: v for k, v in current["data"].items() if k not in missing}}
+        diff = _explain(_differences(saved, current))
         if diff:
             shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
             raise InputError(
@@ -318,20 +353,27 @@ class Checkpointer:
                     torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise InputError(f"{self.path} does not fit this model: {str(exc)[:300]}") from exc
+        try:
+            earlier = json.loads(state.get("resumes") or "[]")
+        except (TypeError, ValueError):
+            earlier = []
+        self.resumes = [*earlier, {"from_epoch": int(self.trainer.epoch), "checkpoint": str(self.path),
+                                   "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
         return int(self.trainer.epoch)
 
 
 def make_checkpointer(checkpoint_path: str | os.PathLike | None, checkpoint_every: int, resume: bool,
                       *, model: Any, X: Any, settings: dict[str, Any], module: torch.nn.Module,
                       trainer: Any, generator: torch.Generator,
-                      device: torch.device | str, dist: Any = None) -> Checkpointer | None:
+                      device: torch.device | str, dist: Any = None,
+                      obs_names: Sequence[Any] | None = None) -> Checkpointer | None:
     """The :class:`Checkpointer` of a ``train()`` call, or None without checkpoint arguments.
 
     Parameters
     ----------
     checkpoint_path, checkpoint_every, resume
         The ``train()`` arguments (see :func:`check_checkpoint_args`).
-    model, X, settings
+    model, X, settings, obs_names
         For :func:`run_fingerprint`.
     module, trainer, generator, device, dist
         See :class:`Checkpointer`. With a distributed ``dist``, the number of processes joins
@@ -343,7 +385,7 @@ def make_checkpointer(checkpoint_path: str | os.PathLike | None, checkpoint_ever
     if dist is not None and dist.enabled:
         settings = {**settings, "world_size": int(dist.world_size)}
     return Checkpointer(checkpoint_path, checkpoint_every, module=module, trainer=trainer,
-                        generator=generator, fingerprint=run_fingerprint(model, X, settings),
+                        generator=generator, fingerprint=run_fingerprint(model, X, settings, obs_names),
                         device=device, dist=dist)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -179,11 +179,17 @@ class TrainingResult:
     settings: dict[str, Any]
     device: torch.device
     is_main: bool
+    #: resumes of the run from a checkpoint (``from_epoch``, ``checkpoint``, ``at``); empty
+    #: for a run trained in one go
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    #: the training data's fingerprint when a checkpoint computed it (else None)
+    data_fingerprint: dict[str, Any] | None = None
 
 
 def run_plan(plan: TrainingPlan, options: RunOptions, *, module: torch.nn.Module, X: Any,
              codes: np.ndarray | None, batch_builder: BatchBuilder, identity: Any,
-             step_stats: Callable[[], dict[str, float]] | None = None) -> TrainingResult:
+             step_stats: Callable[[], dict[str, float]] | None = None,
+             obs_names: Sequence[Any] | None = None) -> TrainingResult:
     """Train ``module`` on the cells of ``X`` according to ``plan`` (see the module docstring).
 
     Parameters
@@ -205,6 +211,8 @@ def run_plan(plan: TrainingPlan, options: RunOptions, *, module: torch.nn.Module
         The model, for the checkpoint fingerprint (class, ``init_params``, genes, batches).
     step_stats
         Called after every step; its values are averaged into the history.
+    obs_names
+        Names of the cells of ``X`` (part of a checkpoint's data fingerprint).
     """
     check_checkpoint_args(options.checkpoint_path, options.checkpoint_every, options.resume)
     plan.check()
@@ -233,7 +241,7 @@ def run_plan(plan: TrainingPlan, options: RunOptions, *, module: torch.nn.Module
     ckpt = make_checkpointer(
         options.checkpoint_path, options.checkpoint_every, options.resume, model=identity, X=data.X,
         settings={**common, **plan.settings, "layout": data.layout, "device": dev.type},
-        module=module, trainer=trainer, generator=gen, device=dev, dist=dist)
+        module=module, trainer=trainer, generator=gen, device=dev, dist=dist, obs_names=obs_names)
     with seeded(plan.seed + dist.rank, dev):  # noise differs between processes, not the batches
         if options.resume:
             ckpt.restore()
@@ -247,7 +255,8 @@ def run_plan(plan: TrainingPlan, options: RunOptions, *, module: torch.nn.Module
         settings["distributed"] = dist_info
     return TrainingResult(history={k: [float(v) for v in vals] for k, vals in history.items()},
                           seconds=time.perf_counter() - t_start, settings=settings, device=dev,
-                          is_main=dist.is_main)
+                          is_main=dist.is_main, resumes=list(ckpt.resumes) if ckpt is not None else [],
+                          data_fingerprint=dict(ckpt.fingerprint["data"]) if ckpt is not None else None)
 
 
 __all__ = ["BatchBuilder", "Optimisation", "RunOptions", "TrainingPlan", "TrainingResult", "run_plan"]
