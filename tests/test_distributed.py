@@ -57,15 +57,16 @@ WORKER = textwrap.dedent('''
     C.Checkpointer.save = save_and_copy
 
     m = sctopic.SCE2TM(adata.copy(), n_topics=8, emb_dim=32, n_hidden=64, seed=0)
+    # ECR from the first step (the default recipe delays it), so every step checks it across ranks.
     record(m, "sce2tm", max_epochs=3, batch_size=128, checkpoint_path=f"{out}/ck.pt",
-           checkpoint_every=1)
+           checkpoint_every=1, ecr_delay=0, ecr_warmup=0)
     torch.distributed.barrier()
     if rank == 0:
         shutil.copy(f"{out}/ck2.pt", f"{out}/ck.pt")
     torch.distributed.barrier()
     r = sctopic.SCE2TM(adata.copy(), n_topics=8, emb_dim=32, n_hidden=64, seed=0)
     r.train(max_epochs=3, batch_size=128, progress=False, device="cpu", checkpoint_path=f"{out}/ck.pt",
-            checkpoint_every=1, resume=True)
+            checkpoint_every=1, resume=True, ecr_delay=0, ecr_warmup=0)
     torch.save(r.module.state_dict(), f"{out}/resumed_rank{rank}.pt")
     s = sctopic.SCETM(adata.copy(), n_topics=8, emb_dim=32, n_hidden=64, batch_key="phase",
                       adversarial=True, seed=0)

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from sctopic.nn.crossview import cluster_contrastive_loss, consistency_loss, info_nce, mean_entropy
+from sctopic.nn.crossview import (
+    cluster_contrastive_loss,
+    consistency_loss,
+    info_nce,
+    mean_entropy,
+    relational_distillation,
+)
 from sctopic.nn.decoder import EmbeddedTopicDecoder, pairwise_sq_dist
 from sctopic.nn.prior import kl_diag_gaussian, laplace_dirichlet_prior
 from sctopic.nn.sce2tm import SCE2TMModule
@@ -61,6 +67,30 @@ def test_info_nce_plain():
     assert abs(float(info_nce(a, b, T)) - total / B) < 1e-10
     # Positives aligned: a key equal to its query scores better than a shuffled one.
     assert float(info_nce(a, a, T)) < float(info_nce(a, a.roll(1, 0), T))
+
+
+def test_relational_distillation_plain():
+    B, T = 6, 0.5
+    g = torch.Generator().manual_seed(7)
+    s, t = torch.randn(B, 4, generator=g, dtype=torch.float64), torch.randn(B, 3, generator=g, dtype=torch.float64)
+
+    def probs(z):
+        z = [z[i].numpy() / np.linalg.norm(z[i].numpy()) for i in range(B)]
+        out = []
+        for i in range(B):
+            w = {j: math.exp(float(z[i] @ z[j]) / T) for j in range(B) if j != i}
+            tot = sum(w.values())
+            out.append({j: v / tot for j, v in w.items()})
+        return out
+
+    P, Q = probs(t), probs(s)
+    ref = sum(P[i][j] * math.log(P[i][j] / Q[i][j]) for i in range(B) for j in P[i]) / B
+    assert abs(float(relational_distillation(s, t, T)) - ref) < 1e-10
+    assert float(relational_distillation(t, t, T)) == pytest.approx(0.0, abs=1e-12)
+    # The teacher is a target: no gradient flows into it.
+    t.requires_grad_(True)
+    relational_distillation(s.requires_grad_(True), t, T).backward()
+    assert t.grad is None and torch.isfinite(s.grad).all()
 
 
 def test_neighbour_cve_terms_and_weight():

@@ -38,9 +38,12 @@ def run(args) -> int:
 
     def add_metrics(stage: Path, report: dict) -> None:
         """Score the result in the staging folder and add the numbers to its train.json."""
+        from sctopic.data.outputs import clustering_key
+
         res = ad.read_h5ad(stage / "result.h5ad")
-        report["demo_metrics"] = _quick_metrics(res.obsm["X_sce2tm"], res.uns["sce2tm"]["topic_gene"],
-                                                res.obs["cell_type"].to_numpy())
+        key = clustering_key(res)  # the representation the model recommends for clustering
+        report["demo_metrics"] = {"clustering_key": key, **_quick_metrics(
+            res.obsm[key], res.uns["sce2tm"]["topic_gene"], res.obs["cell_type"].to_numpy())}
         write_json(report, stage / "train.json")
 
     report = fit_and_write(adata, fit_args, out, progress=not args.quiet, command="demo", finish=add_metrics)
@@ -48,7 +51,7 @@ def run(args) -> int:
     beta = res.uns["sce2tm"]["topic_gene"]
     metrics = report["demo_metrics"]
     print(f"trained in {report['seconds_training']:.1f} s ({report['seconds_per_epoch']:.3f} s/epoch)")
-    print(f"clustering of theta vs cell types (Leiden, best resolution = oracle): "
+    print(f"clustering of obsm['{metrics['clustering_key']}'] vs cell types (Leiden, best resolution = oracle): "
           f"ARI {metrics['ari_oracle']:.3f}, NMI {metrics['nmi_oracle']:.3f}")
     print(f"topic diversity (top 10): {metrics['td']:.3f} (exclusive: {metrics['td_exclusive']:.3f})")
     genes = np.asarray(res.uns["sce2tm"]["genes"])
@@ -61,10 +64,10 @@ def run(args) -> int:
     return 0
 
 
-def _quick_metrics(theta, beta, labels) -> dict:
+def _quick_metrics(rep, beta, labels) -> dict:
     from sctopic import metrics
 
-    sweep = metrics.cluster_sweep(theta, labels)
+    sweep = metrics.cluster_sweep(rep, labels)
     return {
         "ari_oracle": sweep["ari_oracle"], "nmi_oracle": sweep["nmi_oracle"],
         "resolution_oracle": sweep["resolution_oracle"],

@@ -78,7 +78,8 @@ class SCE2TM(BaseTopicModel):
     cve_loss
         ``"cluster"`` (the paper's cluster-level distillation of softmax heads) or
         ``"neighbour"`` (instance-level InfoNCE of the topic logits against the cluster head's
-        logits; see :class:`sctopic.nn.sce2tm.SCE2TMModule`).
+        logits) or ``"relational"`` (the external view's cell-cell similarities distilled into
+        the topic logits'); see :class:`sctopic.nn.sce2tm.SCE2TMModule`.
     cve_weight
         Weight of the Cross-view Encoder's terms, or ``"auto"``: 0.1 x the mean count per cell,
         so that its pull relative to the reconstruction (whose gradient grows with sequencing

@@ -58,3 +58,23 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float = 0.5) -
     """
     sim = F.normalize(query, dim=1) @ F.normalize(key, dim=1).T / temperature
     return F.cross_entropy(sim, torch.arange(query.shape[0], device=sim.device))
+
+
+def relational_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """Distil the teacher's similarity structure into the student: mean over cells ``i`` of
+    ``KL(P_i || Q_i)``, where ``P_i`` and ``Q_i`` are softmaxes over the other cells ``j`` of the
+    cosine similarities ``cos(teacher_i, teacher_j) / T`` and ``cos(student_i, student_j) / T``.
+
+    Cells the teacher sees as alike are pulled together without pushing apart those it also
+    sees as alike, so a large cell type is not split (unlike :func:`info_nce`, whose negatives
+    include the anchor's own type).
+    """
+    eye = torch.eye(student.shape[0], dtype=torch.bool, device=student.device)
+
+    def log_probs(z: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(z, dim=1)
+        return F.log_softmax((z @ z.T / temperature).masked_fill(eye, float("-inf")), dim=1)
+
+    log_p = log_probs(teacher.detach()).masked_fill(eye, 0.0)
+    log_q = log_probs(student).masked_fill(eye, 0.0)
+    return (log_p.exp() * (log_p - log_q)).sum(1).mean()

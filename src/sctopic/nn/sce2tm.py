@@ -7,7 +7,13 @@ from __future__ import annotations
 import torch
 
 from sctopic.nn.base import TopicModule
-from sctopic.nn.crossview import cluster_contrastive_loss, consistency_loss, info_nce, mean_entropy
+from sctopic.nn.crossview import (
+    cluster_contrastive_loss,
+    consistency_loss,
+    info_nce,
+    mean_entropy,
+    relational_distillation,
+)
 from sctopic.nn.decoder import EmbeddedTopicDecoder
 from sctopic.nn.encoder import ClusterHead, TopicEncoder, reparameterize
 from sctopic.nn.prior import kl_diag_gaussian, laplace_dirichlet_prior
@@ -15,7 +21,7 @@ from sctopic.nn.sinkhorn import ECR
 from sctopic.utils.sparse import csr_head, csr_row_ids, csr_tensor, row_sums
 
 ENCODER_INPUTS = ("counts", "log1p")
-CVE_LOSSES = ("cluster", "neighbour")
+CVE_LOSSES = ("cluster", "neighbour", "relational")
 
 
 def transform_input(x: torch.Tensor, how: str) -> torch.Tensor:
@@ -63,7 +69,9 @@ class SCE2TMModule(TopicModule):
         ``"cluster"`` (the paper: cluster-level contrast of the softmax heads, consistency and
         entropy terms) or ``"neighbour"`` (instance-level InfoNCE of the topic logits ``mu``
         against the cluster head's logits: an anchor against its external-view neighbour, its
-        expression neighbour against the anchor, and a cell against itself across views).
+        expression neighbour against the anchor, and a cell against itself across views) or
+        ``"relational"`` (the cells' similarities in the external view distilled into those of
+        their topic logits; no cluster head).
     n_batches
         Per-batch gene intercepts in the decoder (0: none).
     """
@@ -102,7 +110,7 @@ class SCE2TMModule(TopicModule):
         n_in = n_genes + (n_external if external_concat else 0)
         self.encoder = TopicEncoder(n_in, n_topics, n_hidden=n_hidden, dropout=dropout)
         self.decoder = EmbeddedTopicDecoder(n_genes, n_topics, emb_dim=emb_dim, tau=tau, n_batches=n_batches)
-        self.cluster_head = ClusterHead(n_external, n_topics) if cross_view else None
+        self.cluster_head = ClusterHead(n_external, n_topics) if cross_view and cve_loss != "relational" else None
         self.ecr = ECR(n_topics, n_genes, eps=ecr_eps, grad=ecr_grad)
         self.prior_mu, self.prior_var = laplace_dirichlet_prior(n_topics)
 
@@ -193,7 +201,9 @@ class SCE2TMModule(TopicModule):
             terms = self._cross_view_terms(posterior, theta, B, v, v_nb)
             out.update(terms)
             # Term by term, in this order: at weight 1 the sum is bit-identical to the paper's.
-            loss = loss + cve_weight * terms["distill"] + cve_weight * terms["consistency"]
+            loss = loss + cve_weight * terms["distill"]
+            if "consistency" in terms:
+                loss = loss + cve_weight * terms["consistency"]
             if "entropy" in terms:
                 loss = loss - (cve_weight * self.entropy_weight) * terms["entropy"]
         out["loss"] = loss
@@ -204,9 +214,11 @@ class SCE2TMModule(TopicModule):
         """The CVE's terms: anchors are rows ``:B`` of the posterior, their expression neighbours
         rows ``B:``; ``v``/``v_nb``: the anchors' external view and that of their external-view
         neighbours."""
+        T = self.temperature
+        if self.cve_loss == "relational":
+            return {"distill": relational_distillation(posterior["mu"][:B], v, T)}
         psi_all = self.cluster_head(torch.cat([v, v_nb], 0))
         psi, psi_nb = psi_all[:B], psi_all[B:]
-        T = self.temperature
         if self.cve_loss == "neighbour":
             mu, mu_nb = posterior["mu"][:B], posterior["mu"][B:]
             return {"distill": info_nce(mu, psi_nb, T) + info_nce(psi, mu_nb, T),
