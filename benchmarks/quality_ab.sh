@@ -19,8 +19,9 @@ arm_options() {
     default_no_warmup) echo "preset=default ecr_delay=0 ecr_warmup=0" ;;
     default_wo_cve) echo "preset=default cross_view=false" ;;        # ablation: w/o CVE
     default_wo_ecr) echo "preset=default ecr_weight=0" ;;            # ablation: w/o ECR
-    default_cve_weight_x3) echo "preset=default cve_weight=330" ;;   # 3x auto on pbmc3k (1,099 counts/cell)
-    default_temperature_0.2) echo "preset=default temperature=0.2" ;;
+    neighbour) echo "preset=default cve_loss=neighbour" ;;          # instance-level InfoNCE CVE
+    neighbour_cve_weight_x3) echo "preset=default cve_loss=neighbour cve_weight=330" ;;  # 3x auto on pbmc3k
+    neighbour_temperature_0.2) echo "preset=default cve_loss=neighbour temperature=0.2" ;;
     paper_warmup) echo "preset=paper ecr_delay=0.5 ecr_warmup=0.25" ;;  # the paper + the ECR warm-up
     cluster_auto) echo "preset=paper cve_weight=auto ecr_delay=0.5 ecr_warmup=0.25" ;;
     *) echo "unknown arm $1" >&2; return 1 ;;
