@@ -117,9 +117,11 @@ def test_external_obsm_key_any_width(small_adata):
     rng = np.random.default_rng(0)
     small_adata.obsm["X_fm"] = rng.normal(size=(300, 37)).astype(np.float32)
     m = sctopic.SCE2TM(small_adata, n_topics=4, external_key="X_fm", n_hidden=16, emb_dim=8)
-    assert m.module.cluster_head.net[0].in_features == 37
+    assert m.init_params["n_external"] == 37 and m.module.cluster_head is None  # relational: no head
     m.train(max_epochs=1, batch_size=150, progress=False)
     assert m.graph_stats_["external"]["n_cells"] == 300
+    paper = sctopic.SCE2TM(small_adata, n_topics=4, external_key="X_fm", n_hidden=16, emb_dim=8, preset="paper")
+    assert paper.module.cluster_head.net[0].in_features == 37
 
 
 def test_bad_inputs_give_clear_errors(small_adata):
