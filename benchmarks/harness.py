@@ -82,6 +82,7 @@ class Dataset:
     label_key: str | None = "cell_type"  # obs column of the published labels
     batch_key: str | None = None  # obs column of donors / mice
     n_top_genes: int = 0  # genes the benchmarks keep (0: all)
+    species: str = "human"  # of the gene symbols: which GO-BP library scores the topics
 
     @property
     def path(self) -> Path:
@@ -93,7 +94,7 @@ DATASETS: dict[str, Dataset] = {
     "kang8": Dataset("kang2018_pbmc_ctrl_8donors.h5ad", batch_key="batch"),
     "kang5": Dataset("kang2018_pbmc_ctrl_5donors_2511genes.h5ad", batch_key="batch"),
     "kang_ifnb": Dataset("kang2018_pbmc_ifnb_vs_ctrl.h5ad", batch_key="batch"),  # obs: condition ctrl/stim
-    "baron": Dataset("baron_mouse_pancreas.h5ad", batch_key="batch"),
+    "baron": Dataset("baron_mouse_pancreas.h5ad", batch_key="batch", n_top_genes=5000, species="mouse"),
     "pbmc68k": Dataset("pbmc68k_reduced_counts.h5ad"),
     "tcga_skcm": Dataset("tcga_skcm_bulk_survival.h5ad", label_key="sample_type"),  # bulk, log2
     "wang_scgpt": Dataset("wang2016_pancreas_scgpt_embedding.csv.gz"),  # embedding only
