@@ -74,6 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"sctopic {args.command}: error: file not found: {exc.filename or exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # Disk full, read-only destination, I/O error outside the atomic writers (which raise
+        # OutputError themselves): one line naming the path and the space left, never a traceback.
+        from sctopic.data.io import output_error
+
+        where = exc.filename or getattr(args, "out", None) or "the output"
+        print(f"sctopic {args.command}: error: {output_error(exc, where)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"sctopic {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -55,7 +55,7 @@ def iter_gmt(path: PathLike) -> Iterator[tuple[str, str, list[str]]]:
     Raises
     ------
     InputError
-        If a line has no set name or the same set name occurs twice.
+        If a line has no tab (not GMT), no set name, or the same set name occurs twice.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,6 +68,9 @@ def iter_gmt(path: PathLike) -> Iterator[tuple[str, str, list[str]]]:
                 if not line.strip() or line.startswith("#"):
                     continue
                 fields = line.split("\t")
+                if len(fields) < 2:  # a text file that is not GMT, not an empty gene set
+                    raise InputError(f"{path}: line {lineno} has no tab ({line.strip()[:40]!r}); not a GMT "
+                                     "file: each line must be NAME<TAB>DESCRIPTION<TAB>GENE1<TAB>GENE2...")
                 name = fields[0].strip()
                 if not name:
                     raise InputError(f"{path}: line {lineno} has no gene-set name")

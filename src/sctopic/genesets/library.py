@@ -315,6 +315,9 @@ def read_gmt(path: PathLike, name: str | None = None) -> GeneSetLibrary:
     records = list(iter_gmt(path))
     if not records:
         raise InputError(f"gene-set file {str(path)!r} contains no gene sets")
+    if not any(genes for _, _, genes in records):
+        raise InputError(f"gene-set file {str(path)!r} has {len(records)} sets but no genes: each line must be "
+                         "NAME<TAB>DESCRIPTION<TAB>GENE1<TAB>GENE2...")
     if name is None:
         name = path.name.split(".gmt")[0] if ".gmt" in path.name else path.stem
     return GeneSetLibrary.from_records(records, name=name)

@@ -136,6 +136,10 @@ def evaluate(
     t0 = time.perf_counter()
     adata = read_result(adata_or_dir)
     outs = model_outputs(adata, model)
+    if outs.topic_gene is not None and not 1 <= top_n <= outs.topic_gene.shape[1]:
+        # before the clustering sweep, not after it
+        raise InputError(f"top_n (--top-n) is {top_n}, but the model has {outs.topic_gene.shape[1]} genes; "
+                         f"pass --top-n between 1 and {outs.topic_gene.shape[1]}.")
     _tick("load", t0)
 
     if use_rep is not None:
@@ -215,7 +219,8 @@ def evaluate(
     if outs.topic_gene is not None:
         tg = outs.topic_gene
         if not 1 <= top_n <= tg.shape[1]:
-            raise InputError(f"top_n must be between 1 and the number of genes ({tg.shape[1]}), got {top_n}")
+            raise InputError(f"top_n (--top-n) is {top_n}, but the model has {tg.shape[1]} genes; "
+                             f"pass --top-n between 1 and {tg.shape[1]}.")
         res["td"] = topic_diversity(tg, top_n)
         res["td_exclusive"] = topic_diversity_exclusive(tg, top_n)
         _tick("ip_td", t0)
