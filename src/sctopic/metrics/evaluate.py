@@ -44,6 +44,9 @@ def _obs_column(adata, key, what: str):
         if key not in adata.obs.columns:
             cols = ", ".join(map(str, adata.obs.columns)) or "(none)"
             raise InputError(f"no {what} column {key!r} in obs; available columns: {cols}")
+        from sctopic.data.validate import check_label_column
+
+        check_label_column(adata.obs[key], key, what)
         return adata.obs[key].to_numpy(dtype=object)
     values = np.asarray(key, dtype=object)
     if len(values) != adata.n_obs:
