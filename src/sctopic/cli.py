@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         where = exc.filename or getattr(args, "out", None) or "the output"
         print(f"sctopic {args.command}: error: {output_error(exc, where)}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print(f"sctopic {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -122,6 +122,28 @@ def _errno_of(exc: OSError) -> "int | None":
     return None
 
 
+#: how torch's and other C++ writers word a failed write (they raise RuntimeError, not OSError)
+_IO_WORDS = ("iostream error", "unexpected pos", "PytorchStreamWriter", "file write failed", "No space left",
+             "write failed", "Input/output error")
+#: below this much free space, a failed write is reported as a full disk
+_NEARLY_FULL = 1 << 20
+
+
+def _looks_like_io(exc: BaseException) -> bool:
+    return any(w in str(exc) for w in _IO_WORDS)
+
+
+def _as_os_error(exc: BaseException, path: Path) -> OSError:
+    """An OSError standing for a writer's RuntimeError: ENOSPC when (almost) no space is left."""
+    try:
+        free = shutil.disk_usage(_existing_ancestor(Path(path).parent)).free
+    except OSError:
+        free = None
+    if "No space left" in str(exc) or (free is not None and free < _NEARLY_FULL):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return OSError(errno.EIO, str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "I/O error")
+
+
 def output_error(exc: OSError, path: "str | os.PathLike") -> OutputError:
     """One-line :class:`~sctopic.errors.OutputError` for a failed write of ``path``: the path,
     the cause, the free space when the disk is full, and what to do."""
@@ -221,6 +243,12 @@ def atomic_write(path: "str | os.PathLike", write) -> Path:
         # Disk full, read-only, I/O error (h5py reports them as OSError too): one clear error
         # naming the path and the space left; the temporary file is removed below.
         raise output_error(exc, path) from exc
+    except RuntimeError as exc:
+        # torch.save on a full disk raises RuntimeError ("iostream error", "unexpected pos"):
+        # measured here, while the temporary file still holds the space it took
+        if tmp is None or not _looks_like_io(exc):
+            raise
+        raise output_error(_as_os_error(exc, path), path) from exc
     finally:
         if tmp is not None and os.path.exists(tmp):
             try:

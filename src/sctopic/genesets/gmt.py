@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike
 
 
-def _open_text(path: Path, mode: str):
-    if path.suffix == ".gz":
+def _open_text(path: Path, mode: str, gz: bool | None = None):
+    if (path.suffix == ".gz") if gz is None else gz:
         if "w" in mode:
             # mtime=0 keeps the compressed bytes reproducible from run to run.
             raw = open(path, "wb")
@@ -112,10 +112,19 @@ def write_gmt(
     else:
         descriptions = descriptions or {}
         records = ((k, descriptions.get(k, "na"), v) for k, v in library.items())
-    with _open_text(path, "w") as fh:
-        for name, desc, genes in records:
-            for field in (name, desc, *genes):
-                if "\t" in field or "\n" in field:
-                    raise InputError(f"gene set {name!r}: field {field!r} contains a tab or newline")
-            fh.write("\t".join([name, desc or "na", *genes]) + "\n")
-    return path
+    lines = []
+    for name, desc, genes in records:
+        for field in (name, desc, *genes):
+            if "\t" in field or "\n" in field:
+                raise InputError(f"gene set {name!r}: field {field!r} contains a tab or newline")
+        lines.append("\t".join([name, desc or "na", *genes]) + "\n")
+
+    def write(tmp: str) -> None:
+        # the temporary file keeps the final name's suffix, so .gz compresses
+        with _open_text(Path(tmp), "w", gz=path.suffix == ".gz") as fh:
+            fh.writelines(lines)
+
+    from sctopic.data.io import atomic_write
+
+    # a full disk or a kill never leaves a truncated GMT under the final name
+    return atomic_write(path, write)
