@@ -827,3 +827,168 @@ def test_real_full_disk_and_read_only_file_system(env, tmpfs, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "Read-only file system" in err[0], err
     assert time.perf_counter() - t0 < 5  # refused before training
+
+
+# ============================================================================ SIGKILL during fit, then --resume
+#: A small server that imports sctopic once and forks one child per command: each child is a
+#: separate process running the real ``sctopic fit`` (``sctopic.cli.main``), killed with a real
+#: SIGKILL, without paying torch's import for each of the 20 kill points.
+_FORK_SERVER = r"""
+import json, os, sys
+import anndata, torch, sctopic, sctopic.cli, sctopic.commands.fit  # imported once, before any fork
+from sctopic.cli import main
+for line in sys.stdin:
+    argv = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        try:
+            rc = main(argv)
+        except BaseException:
+            rc = 99
+        os._exit(rc)
+    print(json.dumps({"pid": pid}), flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                      "rc": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None}), flush=True)
+"""
+
+KILL_FIT = ["--model", "scetm", "--n-topics", "3", "--n-hvg", "0", "--max-epochs", "8", "--batch-size", "40",
+            "--device", "cpu", "--seed", "0", "--checkpoint-every", "1"]
+#: (anchor, delay in seconds): kill that long after the child starts, after its first
+#: checkpoint appears (training), or after its staging folder appears (writing the outputs).
+KILL_POINTS = ([("start", d) for d in (0.0, 0.05, 0.3)]
+               + [("checkpoint", d) for d in (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.55, 0.7)]
+               + [("staging", d) for d in (0.0, 0.003, 0.01, 0.02, 0.04, 0.08, 0.15)])
+QUICK_KILL_POINTS = [("start", 0.05), ("checkpoint", 0.1), ("staging", 0.01)]
+
+
+class ForkServer:
+    def __init__(self):
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        self.proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+
+    def start(self, argv: list[str]) -> int:
+        self.proc.stdin.write(json.dumps(argv) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())["pid"]
+
+    def wait(self) -> dict:
+        line = self.proc.stdout.readline()
+        assert line, "the fork server died"
+        return json.loads(line)
+
+    def run(self, argv: list[str]) -> dict:
+        self.start(argv)
+        return self.wait()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def kill_env(env):
+    """The fork server and an uninterrupted reference run (forked the same way)."""
+    server = ForkServer()
+    ref = env.root / "kill_ref"
+    res = server.run(["-q", "fit", str(env.data), "--out", str(ref), *KILL_FIT])
+    assert res == {"signal": None, "rc": 0}, res
+    yield server, ref
+    server.close()
+
+
+def _staging(out: Path) -> bool:
+    prefix = f".{out.name}.sctopic-tmp-"
+    return any(n.startswith(prefix) for n in os.listdir(out.parent))
+
+
+def _kill_at(server: ForkServer, argv: list[str], out: Path, anchor: str, delay: float) -> tuple[str, dict]:
+    """Start ``argv``, SIGKILL it ``delay`` s after ``anchor``; return (phase seen, status)."""
+    pid = server.start(argv)
+    t0 = time.monotonic()
+    seen = None
+    while time.monotonic() - t0 < 120:
+        if seen is None:
+            if anchor == "start" or (anchor == "checkpoint" and (out / "checkpoint.pt").exists()) \
+                    or (anchor == "staging" and _staging(out)):
+                seen = time.monotonic()
+        if seen is not None and time.monotonic() - seen >= delay:
+            break
+        try:
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):  # pragma: no cover - not our child
+                break
+        except ChildProcessError:
+            pass
+        time.sleep(0.001)
+    phase = ("writing" if _staging(out) else "training" if (out / "checkpoint.pt").exists() else "starting")
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    status = server.wait()
+    if status["signal"] is None:
+        phase = "finished"
+    return phase, status
+
+
+def _same_run(a: Path, b: Path) -> None:
+    import torch
+
+    sa = torch.load(a / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    sb = torch.load(b / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    ra, rb = ad.read_h5ad(a / "result.h5ad"), ad.read_h5ad(b / "result.h5ad")
+    for key in ra.obsm:
+        np.testing.assert_array_equal(ra.obsm[key], rb.obsm[key])
+    assert list(ra.var_names) == list(rb.var_names)
+
+
+def _kill_and_resume(env, kill_env, points) -> list[str]:
+    from sctopic.data import rundir
+
+    server, ref = kill_env
+    phases = []
+    for i, (anchor, delay) in enumerate(points):
+        out = env.root / f"kill_{anchor}_{i}"
+        argv = ["-q", "fit", str(env.data), "--out", str(out), *KILL_FIT]
+        phase, status = _kill_at(server, argv, out, anchor, delay)
+        assert status["signal"] in (None, signal.SIGKILL) and status["rc"] in (None, 0), status
+        # never a mixed folder: nothing, only the checkpoint, or one complete run
+        # (a temporary checkpoint.pt.*.tmp of a killed checkpoint write is no final name)
+        names = sorted(n for n in (os.listdir(out) if out.exists() else [])
+                       if not (n.startswith("checkpoint.pt.") and n.endswith(".tmp")))
+        complete = (out / rundir.MANIFEST).exists()
+        assert names in ([], ["checkpoint.pt"]) or complete, (anchor, delay, names)
+        if complete:
+            rundir.verify(out)
+        else:
+            res = server.run([*argv, "--resume"])
+            assert res == {"signal": None, "rc": 0}, (anchor, delay, res)
+            rundir.verify(out)
+        assert sorted(os.listdir(out)) == ["manifest.json", "model.pt", "result.h5ad", "train.json"]
+        assert not _staging(out)
+        _same_run(ref, out)
+        phases.append(phase)
+    return phases
+
+
+def test_sigkill_during_fit_then_resume_quick(env, kill_env):
+    """SIGKILL at 3 moments (start, training, writing); --resume gives the uninterrupted result."""
+    phases = _kill_and_resume(env, kill_env, QUICK_KILL_POINTS)
+    assert "training" in phases, phases
+
+
+@pytest.mark.slow
+def test_sigkill_during_fit_then_resume_20_points(env, kill_env):
+    """SIGKILL at 20 moments (3 while starting, 10 while training, 7 while writing the outputs),
+    each followed by ``fit --resume``: every result is bit-identical to the uninterrupted run
+    and the output folder is never mixed."""
+    phases = _kill_and_resume(env, kill_env, KILL_POINTS)
+    assert len(phases) == 20
+    assert phases.count("training") >= 5 and phases.count("writing") >= 2, phases
