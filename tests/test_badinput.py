@@ -515,6 +515,14 @@ CASES: list[Case] = [
     cli("select-k-one-k", "7", "at least two", lambda e: _sk(e, ks=("3",))),
     cli("select-k-one-seed", "7", "at least two", lambda e: _sk(e, seeds=("0",))),
     cli("select-k-tolerance-negative", "7", "--tolerance must be >= 0", lambda e: _sk(e, None, "--tolerance", "-1")),
+    cli("fit-unknown-device", "7", "unknown device 'tpu'", lambda e: _fit(e, e.data, "--device", "tpu")),
+    cli("evaluate-resolution-negative", "7", "--resolution) must be a number > 0",
+        lambda e: _eval(e, "--resolution", "-1")),
+    cli("survival-penalizer-negative", "7", "--penalizer) must be a finite number >= 0",
+        lambda e: _surv(e, "--penalizer", "-1")),
+    cli("transfer-min-shared-above-1", "7", "between 0 and 1", lambda e: _transfer(e, None, "--min-shared", "2")),
+    cli("perturb-shift-nan", "7", "--shift) must be a finite number", lambda e: _perturb(e, "--shift", "nan",
+                                                                                         "--topics", "0")),
     api("api-n-topics-0", "7", "at least 2", lambda e: _scetm(e, n_topics=0)),
     api("api-n-topics-fraction", "7", "whole number", lambda e: _scetm(e, n_topics=2.5)),
     api("api-n-topics-text", "7", "whole number", lambda e: __import__("sctopic").SCE2TM(_adata(e), n_topics="3")),
@@ -838,12 +846,13 @@ import json, os, sys
 import anndata, torch, sctopic, sctopic.cli, sctopic.commands.fit  # imported once, before any fork
 from sctopic.cli import main
 for line in sys.stdin:
-    argv = json.loads(line)
+    job = json.loads(line)  # {"argv": [...], "stderr": file or null}
+    argv = job["argv"]
     pid = os.fork()
     if pid == 0:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)
-        os.dup2(null, 2)
+        os.dup2(os.open(job["stderr"], os.O_WRONLY | os.O_CREAT) if job["stderr"] else null, 2)
         try:
             rc = main(argv)
         except BaseException:
@@ -871,8 +880,8 @@ class ForkServer:
         self.proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
 
-    def start(self, argv: list[str]) -> int:
-        self.proc.stdin.write(json.dumps(argv) + "\n")
+    def start(self, argv: list[str], stderr: Path | None = None) -> int:
+        self.proc.stdin.write(json.dumps({"argv": argv, "stderr": None if stderr is None else str(stderr)}) + "\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())["pid"]
 
@@ -881,8 +890,8 @@ class ForkServer:
         assert line, "the fork server died"
         return json.loads(line)
 
-    def run(self, argv: list[str]) -> dict:
-        self.start(argv)
+    def run(self, argv: list[str], stderr: Path | None = None) -> dict:
+        self.start(argv, stderr)
         return self.wait()
 
     def close(self):
@@ -992,3 +1001,33 @@ def test_sigkill_during_fit_then_resume_20_points(env, kill_env):
     phases = _kill_and_resume(env, kill_env, KILL_POINTS)
     assert len(phases) == 20
     assert phases.count("training") >= 5 and phases.count("writing") >= 2, phases
+
+
+def test_real_full_disk_while_h5py_writes_is_no_crash(env, kill_env, tmpfs):
+    """Once segfault territory (signal 11 with h5py tracebacks): a real file system with room for
+    model.pt (1.6 MB) but not result.h5ad fills up while h5py writes, in a separate process: a
+    one-line error naming result.h5ad and the free space, exit 2, no signal, nothing left."""
+    server, _ = kill_env
+    fs = tmpfs("2500k")
+    err = env.root / "h5py_full.err"
+    res = server.run(["-q", "fit", str(env.data), "--out", str(fs / "run"), *FIT], stderr=err)
+    lines = err.read_text().strip().splitlines()
+    assert res == {"signal": None, "rc": 2}, (res, lines)
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert "no space left to write" in lines[0] and "result.h5ad" in lines[0] and " free " in lines[0], lines
+    assert list(fs.iterdir()) == []
+
+
+def test_atomic_write_flushes_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """Item 4: fsync(file) -> rename -> fsync(folder); a file never appears before its bytes are on disk."""
+    import sctopic.data.io as io
+
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", str(b))), real_replace(a, b)))
+    io.write_text_atomic("x", tmp_path / "a.txt")
+    assert [c[0] for c in calls] == ["fsync", "replace", "fsync"], calls
+    assert calls[0][1].startswith(str(tmp_path / "a.txt.")) and calls[0][1].endswith(".tmp")
+    assert calls[2][1] == str(tmp_path)

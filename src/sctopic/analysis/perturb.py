@@ -280,6 +280,8 @@ def perturb_topics(
         raise InputError(f"the {type(model).__name__} model is not trained yet; call .train() first.")
     if isinstance(shift, str) and shift not in SHIFTS:
         raise InputError(f"shift must be one of {SHIFTS} or a number, got {shift!r}.")
+    if not isinstance(shift, str) and not np.isfinite(float(shift)):
+        raise InputError(f"shift (--shift) must be a finite number or 'mean_difference', got {shift!r}.")
     if null_shift not in NULL_SHIFTS:
         raise InputError(f"null_shift must be one of {NULL_SHIFTS}, got {null_shift!r}.")
     if int(top_n) < 1 or int(n_null) < 0:

@@ -130,6 +130,8 @@ def evaluate(
         ``tc``, ``ora_*``, ``gsea_*``, ``ora_pairs``, ``gsea_pairs``), ``model``, ``use_rep``,
         ``n_cells``, ``n_genes``, ``n_topics``, ``settings`` and ``seconds`` (part -> s).
     """
+    if not (isinstance(fixed_resolution, (int, float)) and np.isfinite(fixed_resolution) and fixed_resolution > 0):
+        raise InputError(f"fixed_resolution (--resolution) must be a number > 0, got {fixed_resolution!r}.")
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
 

@@ -144,6 +144,9 @@ def transfer(
         A copy of the data with ``obsm['X_<key>']`` etc. (see ``write_results``), and a dict
         with the gene overlap (``n_model_genes``, ``n_shared_genes``, ``fraction_shared``).
     """
+    if not (isinstance(min_shared, (int, float)) and 0 <= min_shared <= 1):
+        raise InputError(f"min_shared (--min-shared) is a fraction of the model's genes, between 0 and 1; got "
+                         f"{min_shared!r}.")
     if not isinstance(model, BaseTopicModel):
         model = load_model(model)
     model._check_trained()
