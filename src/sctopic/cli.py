@@ -77,10 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         # Disk full, read-only destination, I/O error outside the atomic writers (which raise
         # OutputError themselves): one line naming the path and the space left, never a traceback.
-        from sctopic.data.io import output_error
+        from sctopic.data.io import describe_os_error
 
-        where = exc.filename or getattr(args, "out", None) or "the output"
-        print(f"sctopic {args.command}: error: {output_error(exc, where)}", file=sys.stderr)
+        print(f"sctopic {args.command}: error: {describe_os_error(exc, getattr(args, 'out', None))}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sctopic {args.command}: interrupted", file=sys.stderr)

@@ -169,6 +169,20 @@ def output_error(exc: OSError, path: "str | os.PathLike") -> OutputError:
     return err
 
 
+def describe_os_error(exc: OSError, out: "str | os.PathLike | None" = None) -> str:
+    """One line for an :class:`OSError` that reached the command line: a full disk or a failed
+    write as :func:`output_error` words it, any other (a file that cannot be read, say) with its
+    cause and path."""
+    if isinstance(exc, OutputError):
+        return str(exc)
+    code = _errno_of(exc)
+    if code in _FULL or (exc.filename is None and out is not None):
+        return str(output_error(exc, exc.filename or out))
+    what = exc.strerror or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{what}{where}; check the path and its permissions."
+
+
 def check_writable(path: "str | os.PathLike") -> Path:
     """Fail now, naming the path, if ``path`` cannot be written (its folder is missing and cannot
     be made, is a file, or is read-only): before minutes of work, not after.
