@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         f"**{len(rows)} cases**: " + ", ".join(f"{n} {k}" for k, n in sorted(by_outcome.items()))
         + "; " + ", ".join(f"{n} {k}" for k, n in sorted(by_surface.items()))
         + ("; results: " + ", ".join(f"{n} {k}" for k, n in sorted(by_status.items())) if args.run else "")
-        + ". Tracebacks: 0. Crashes: 0. Lost or mixed results: 0. Silently accepted bad inputs: 0"
-        + (" (every case passes)." if args.run and set(by_status) <= {"pass", "skip"} else "."),
+        + (". Tracebacks: 0. Crashes: 0. Lost or mixed results: 0. Silently accepted bad inputs: 0"
+           " (every case passes)." if args.run and set(by_status) <= {"pass", "skip"} else "."),
         "",
         "| item | cases |",
         "|---|---|",

@@ -157,7 +157,7 @@ def output_error(exc: OSError, path: "str | os.PathLike") -> OutputError:
     elif code in _READONLY:
         msg = (f"cannot write {path}: {os.strerror(code)} (the destination is read-only or not "
                "yours); choose a writable location.")
-    elif code == errno.ENOTDIR or code == errno.EEXIST and not path.parent.is_dir():
+    elif code == errno.ENOTDIR or (code == errno.EEXIST and not path.parent.is_dir()):
         msg = f"cannot write {path}: a part of its folder path is a file, not a folder; choose another location."
     else:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
