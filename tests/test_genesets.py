@@ -137,7 +137,10 @@ def test_match_case_insensitive_only_when_unambiguous():
 
 def test_match_species_mismatch_flagged(pbmc_genes):
     mouse_like = [g.capitalize() for g in pbmc_genes[:3000]]
-    rep = load("hallmark").match(mouse_like).report
+    # matched only after upper-casing: refused by default, with the fix named (issue 18, item 8)
+    with pytest.raises(InputError, match=r"mostly after upper-casing .*go_bp_mouse"):
+        load("hallmark").match(mouse_like)
+    rep = load("hallmark").match(mouse_like, case_insensitive=True).report
     assert rep.likely_species_mismatch
     assert "check the species" in str(rep)
 

@@ -74,6 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"sctopic {args.command}: error: file not found: {exc.filename or exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # Disk full, read-only destination, I/O error outside the atomic writers (which raise
+        # OutputError themselves): one line naming the path and the space left, never a traceback.
+        from sctopic.data.io import describe_os_error
+
+        print(f"sctopic {args.command}: error: {describe_os_error(exc, getattr(args, 'out', None))}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"sctopic {args.command}: interrupted", file=sys.stderr)
         return 130

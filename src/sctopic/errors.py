@@ -7,3 +7,12 @@ class SctopicError(Exception):
 
 class InputError(SctopicError, ValueError):
     """The data passed in cannot be used as it is (wrong values, shapes or names)."""
+
+
+class OutputError(SctopicError, OSError):
+    """A result could not be written (disk full, read-only or missing destination, I/O error).
+
+    The message names the path, the cause and, for a full disk, the space left; nothing is
+    left half-written under the final name. Also an :class:`OSError`, so code that catches
+    I/O errors keeps catching it (``errno`` is the system's error number where known).
+    """

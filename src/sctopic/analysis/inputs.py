@@ -117,4 +117,7 @@ def obs_labels(adata, key: str, what: str = "groupby") -> pd.Series:
         cols = ", ".join(map(str, adata.obs.columns[:30])) or "none"
         raise InputError(f"{what} column {key!r} is not in adata.obs (columns: {cols}).")
     col = adata.obs[key]
+    from sctopic.data.validate import check_label_column
+
+    check_label_column(col, key, what)
     return col.astype(object).where(col.notna(), None).map(lambda v: None if v is None else str(v))

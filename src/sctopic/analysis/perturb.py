@@ -179,6 +179,7 @@ def perturb_topics(
     n_pcs: int = 50,
     n_permutations: int = 1000,
     layer: str | None = None,
+    allow_missing_genes: bool = False,
 ) -> PerturbationResult:
     """Shift chosen topics in control cells, decode expression, and compare with the real target.
 
@@ -252,6 +253,9 @@ def perturb_topics(
         Permutations of the differential-topic test.
     layer
         Layer with raw counts (default: the model's layer, else ``X``).
+    allow_missing_genes
+        Fill model genes absent from ``adata`` with zero counts (with a warning stating the
+        fraction; their observed fold changes are then 0) instead of failing.
 
     Returns
     -------
@@ -276,6 +280,8 @@ def perturb_topics(
         raise InputError(f"the {type(model).__name__} model is not trained yet; call .train() first.")
     if isinstance(shift, str) and shift not in SHIFTS:
         raise InputError(f"shift must be one of {SHIFTS} or a number, got {shift!r}.")
+    if not isinstance(shift, str) and not np.isfinite(float(shift)):
+        raise InputError(f"shift (--shift) must be a finite number or 'mean_difference', got {shift!r}.")
     if null_shift not in NULL_SHIFTS:
         raise InputError(f"null_shift must be one of {NULL_SHIFTS}, got {null_shift!r}.")
     if int(top_n) < 1 or int(n_null) < 0:
@@ -289,11 +295,18 @@ def perturb_topics(
     genes = list(model.genes)
     top_n = int(min(top_n, len(genes)))
     pos = pd.Index(data.var_names.astype(str)).get_indexer(genes)
-    if (pos < 0).any():
-        raise InputError(f"{int((pos < 0).sum())} of the model's {len(genes)} genes are missing from the data; "
-                         "perturbation needs the counts of every model gene.")
     lay = layer if layer is not None else getattr(model, "layer", None)
-    counts = get_counts(data[:, pos] if not np.array_equal(pos, np.arange(data.n_vars)) else data, lay)
+    if (pos < 0).any():
+        if not allow_missing_genes:
+            raise InputError(f"{int((pos < 0).sum())} of the model's {len(genes)} genes are missing from the data; "
+                             "perturbation needs the counts of every model gene: use data with the model's "
+                             "genes, or fill the missing ones with zeros (allow_missing_genes=True, "
+                             "--allow-missing-genes).")
+        from sctopic.models.inputs import aligned_counts
+
+        counts = aligned_counts(data, genes, lay, allow_missing_genes=True)
+    else:
+        counts = get_counts(data[:, pos] if not np.array_equal(pos, np.arange(data.n_vars)) else data, lay)
     labels = obs_labels(data, group_key, "group_key").to_numpy(dtype=object)
     control, target = str(control), str(target)
     if control == target:
@@ -306,7 +319,8 @@ def perturb_topics(
                              "at least 2 are needed.")
     cell_types = obs_labels(data, celltype_key, "celltype_key").to_numpy(dtype=object) if celltype_key else None
 
-    delta = model.get_cell_topics(None if adata is None else data, logits=True, layer=layer).astype(np.float64)
+    delta = model.get_cell_topics(None if adata is None else data, logits=True, layer=layer,
+                                  allow_missing_genes=allow_missing_genes).astype(np.float64)
     theta = softmax(delta)
     is_c, is_t = labels == control, labels == target
     names = list(model.topic_names)

@@ -395,6 +395,12 @@ def topic_stability(
     from sctopic.data.io import read_adata
 
     adata = read_adata(adata)
+    # --top-n larger than the genes a model can keep fails now, not after training every K
+    n_keep = (model_kwargs or {}).get("n_top_genes")
+    n_max = adata.n_vars if not n_keep else min(int(n_keep), adata.n_vars)
+    if int(top_n) != top_n or not 1 <= top_n <= n_max:
+        raise InputError(f"top_n (--top-n) is {top_n}, but the models will have at most {n_max} genes; "
+                         f"pass --top-n between 1 and {n_max}.")
     label_values = None
     if labels is not None:
         from sctopic.analysis.inputs import obs_labels

@@ -122,6 +122,8 @@ def survival_association(
     from lifelines import CoxPHFitter
     from lifelines.exceptions import ConvergenceError
 
+    if not (isinstance(penalizer, (int, float)) and np.isfinite(penalizer) and penalizer >= 0):
+        raise InputError(f"penalizer (--penalizer) must be a finite number >= 0 (0: no penalty), got {penalizer!r}.")
     if isinstance(scores, pd.DataFrame):
         S = scores.astype(np.float64)
     else:

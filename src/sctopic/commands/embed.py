@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(KNOWLEDGE_VIEWS + BUILTIN_VIEWS)}."
         )
     key = args.key or DEFAULT_KEYS[kind]
+    from sctopic.data.io import check_writable
+
+    check_writable(out)  # before a foundation model embeds every cell
     adata = read_adata(src)
     if getattr(adata, "isbacked", False):
         adata = adata.to_memory()

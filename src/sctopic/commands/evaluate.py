@@ -74,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     from sctopic.commands.common import verify_run_input
 
     verify_run_input(args.dir)  # a folder whose files do not match its manifest is refused
+    if args.json:  # an unwritable destination fails now, not after the evaluation
+        from sctopic.data.io import check_writable
+
+        check_writable(args.json)
     genesets = DEFAULT_GENESETS if args.genesets is None else tuple(args.genesets)
     if [g.lower() for g in genesets] == ["none"]:
         genesets = ()

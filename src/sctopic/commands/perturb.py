@@ -50,6 +50,9 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, metavar="H5AD",
                    help="cells with raw counts to use instead of DIR/result.h5ad")
     p.add_argument("--layer", default=None, help="layer with raw counts (default X)")
+    p.add_argument("--allow-missing-genes", action="store_true",
+                   help="with --data: fill model genes missing from it with zeros (with a warning) "
+                        "instead of failing")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", required=True, metavar="FILE", help="write the statistics here")
     p.add_argument("--plots", default=None, metavar="DIR",
@@ -73,13 +76,32 @@ def run(args) -> int:
             raise InputError(f"{d} holds no result.h5ad; pass the cells with --data.")
     else:
         raise InputError(f"{d} is not a 'sctopic fit' output directory; pass the directory (and --data for other cells).")
+    from sctopic.data.io import check_writable, check_writable_dir
+
+    check_writable(args.json)  # unwritable destinations fail now, not after the null draws
+    if args.plots:
+        check_writable_dir(args.plots)
     adata = read_adata(data_path)
-    model = load_model(d, adata=adata)
+    allow = bool(getattr(args, "allow_missing_genes", False))
+    if allow:  # the cells are passed to perturb_topics, which fills the missing genes
+        model, cells = load_model(d), adata
+    else:
+        import pandas as pd
+
+        from sctopic.models.transfer import read_model_file
+
+        genes = read_model_file(d / "model.pt" if d.is_dir() else d)[0].get("genes") or []
+        missing = pd.Index(genes).difference(adata.var_names.astype(str))
+        if len(missing):
+            raise InputError(f"{len(missing)} of the model's {len(genes)} genes are missing from {data_path} "
+                             f"(e.g. {', '.join(missing[:3])}); use cells with the model's genes, or pass "
+                             "--allow-missing-genes to fill them with zeros.")
+        model, cells = load_model(d, adata=adata), None
     res = perturb_topics(
-        model, group_key=args.group_key, control=args.control, target=args.target, topics=args.topics,
+        model, cells, group_key=args.group_key, control=args.control, target=args.target, topics=args.topics,
         shift=args.shift, n_null=args.n_null, top_n=args.top_n, seed=args.seed,
         celltype_key=args.celltype_key, null_shift=args.null_shift, min_effect=args.min_effect,
-        layer=args.layer,
+        layer=args.layer, allow_missing_genes=allow,
     )
     out = res.to_dict()
     out.update(model_dir=str(d), data=str(data_path), null_draws=res.null.to_dict(orient="records"))

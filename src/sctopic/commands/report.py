@@ -34,6 +34,19 @@ def register(sub) -> None:
                    help="cell and gene-topic maps: umap (default) or pca (instant)")
 
 
+def _preflight(args: argparse.Namespace) -> None:
+    """Refuse an unwritable --out and a --top-n above the model's genes before any work."""
+    from sctopic.data.io import check_writable
+    from sctopic.genesets.io import read_topic_gene, result_path
+
+    src = result_path(args.dir)
+    check_writable(args.out if args.out else src.parent / "report.html")
+    n_genes = read_topic_gene(src)[0].shape[1]
+    if args.top_n > n_genes:
+        raise InputError(f"--top-n {args.top_n} is larger than the model's {n_genes} genes; pass --top-n "
+                         f"between 1 and {n_genes}.")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``sctopic report``; returns the exit code."""
     from sctopic.report import build_report
@@ -43,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from sctopic.commands.common import verify_run_input
 
     verify_run_input(args.dir)  # a folder whose files do not match its manifest is refused
+    _preflight(args)
     path = build_report(args.dir, args.out, labels=args.labels, genesets=args.genesets, top_n=args.top_n,
                         gsea=args.gsea, permutations=args.permutations, fdr=args.fdr, seed=args.seed,
                         title=args.title, layout=args.layout)

@@ -60,8 +60,18 @@ def run(args) -> int:
         source = load_model(src)
     else:
         source = src
+    from sctopic.data.io import check_writable
+
+    check_writable(args.out)  # unwritable destinations fail now, not after the Cox fits
+    if args.plot:
+        check_writable(args.plot)
     bulk = read_adata(args.bulk)
-    time = pd.to_numeric(_obs_column(bulk, args.time_key, "--time-key"), errors="coerce")
+    time_raw = _obs_column(bulk, args.time_key, "--time-key")
+    time = pd.to_numeric(time_raw, errors="coerce")
+    bad = time.isna() & time_raw.notna() & ~time_raw.astype(str).isin(("NA", "NaN", "nan", ""))
+    if bad.any():  # text times would silently become missing ("only 0 samples have a time")
+        raise InputError(f"--time-key {args.time_key!r} holds {int(bad.sum())} values that are not numbers "
+                         f"(e.g. {time_raw[bad].iloc[0]!r}); pass a column of follow-up times as numbers.")
     event_raw = _obs_column(bulk, args.event_key, "--event-key")
     if event_raw.dtype == bool:
         event_raw = event_raw.astype(float)

@@ -47,6 +47,7 @@ def run(args) -> int:
         raise InputError(f"--out {out} is the folder of the model being transferred ({src}); write the "
                          "transferred cells to another folder.")
     rundir.check_target(out, "transfer", overwrite=args.overwrite)  # before any work
+    rundir.check_parent_writable(out)
     verify_run_input(src)
     model = load_model(src)
     with warnings.catch_warnings(record=True) as caught:

@@ -1,15 +1,18 @@
 """Reading AnnData from memory or disk, and writing results atomically."""
 from __future__ import annotations
 
+import errno
 import math
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 
-from sctopic.errors import InputError
+from sctopic.errors import InputError, OutputError
 
 
 def read_adata(data: "ad.AnnData | str | os.PathLike", backed: bool = False) -> ad.AnnData:
@@ -53,16 +56,28 @@ def _umask() -> int:
     return mask
 
 
-def fsync_path(path: "str | os.PathLike") -> None:
-    """Flush a file or folder to disk (a no-op where the system does not allow it)."""
+#: fsync errors that only mean "not supported here" (some file systems, folders on some systems)
+_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.EBADF, getattr(errno, "ENOTSUP", errno.EINVAL),
+                      getattr(errno, "EOPNOTSUPP", errno.EINVAL)}
+
+
+def fsync_path(path: "str | os.PathLike", strict: bool = False) -> None:
+    """Flush a file or folder to disk (a no-op where the system does not allow it).
+
+    With ``strict``, a failed flush (EIO, ENOSPC: the data may not be on disk) raises the
+    :class:`OSError` instead of passing silently; "not supported here" still passes.
+    """
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
+        if strict:
+            raise
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if strict and exc.errno not in _FSYNC_UNSUPPORTED:
+            raise
     finally:
         os.close(fd)
 
@@ -70,9 +85,115 @@ def fsync_path(path: "str | os.PathLike") -> None:
 _fsync = fsync_path
 
 
+def _existing_ancestor(path: Path) -> Path:
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def free_space(path: "str | os.PathLike") -> str:
+    """Free space of the file system holding ``path`` (or its nearest existing folder), as text."""
+    try:
+        free = shutil.disk_usage(_existing_ancestor(Path(path))).free
+    except OSError:
+        return "unknown space"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if free < 1024 or unit == "TiB":
+            return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+        free /= 1024
+    return f"{free:.1f} TiB"  # pragma: no cover
+
+
+#: errno values that mean "the destination is full", "read-only" or "not allowed"
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+_READONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _errno_of(exc: OSError) -> "int | None":
+    """The errno of ``exc``, also where h5py only names it in the message (``errno = 28``)."""
+    if exc.errno:
+        return exc.errno
+    m = re.search(r"errno\s*=\s*(\d+)", str(exc))
+    if m:
+        return int(m.group(1))
+    if "No space left" in str(exc):
+        return errno.ENOSPC
+    return None
+
+
+#: how torch's and other C++ writers word a failed write (they raise RuntimeError, not OSError)
+_IO_WORDS = ("iostream error", "unexpected pos", "PytorchStreamWriter", "file write failed", "No space left",
+             "write failed", "Input/output error")
+#: below this much free space, a failed write is reported as a full disk
+_NEARLY_FULL = 1 << 20
+
+
+def _looks_like_io(exc: BaseException) -> bool:
+    return any(w in str(exc) for w in _IO_WORDS)
+
+
+def _as_os_error(exc: BaseException, path: Path) -> OSError:
+    """An OSError standing for a writer's RuntimeError: ENOSPC when (almost) no space is left."""
+    try:
+        free = shutil.disk_usage(_existing_ancestor(Path(path).parent)).free
+    except OSError:
+        free = None
+    if "No space left" in str(exc) or (free is not None and free < _NEARLY_FULL):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return OSError(errno.EIO, str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "I/O error")
+
+
+def output_error(exc: OSError, path: "str | os.PathLike") -> OutputError:
+    """One-line :class:`~sctopic.errors.OutputError` for a failed write of ``path``: the path,
+    the cause, the free space when the disk is full, and what to do."""
+    if isinstance(exc, OutputError):
+        return exc
+    path = Path(path)
+    code = _errno_of(exc)
+    if code in _FULL:
+        msg = (f"no space left to write {path} ({free_space(path.parent)} free on its file system); "
+               "free some space or write to another location. Nothing was written under that name.")
+    elif code in _READONLY:
+        msg = (f"cannot write {path}: {os.strerror(code)} (the destination is read-only or not "
+               "yours); choose a writable location.")
+    elif code == errno.ENOTDIR or (code == errno.EEXIST and not path.parent.is_dir()):
+        msg = f"cannot write {path}: a part of its folder path is a file, not a folder; choose another location."
+    else:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        why = exc.strerror or text
+        msg = f"could not write {path}: {why}; check the destination and retry."
+    err = OutputError(msg)
+    err.errno = code  # (no filename/strerror: str(err) stays the one-line message)
+    err.path = str(path)
+    return err
+
+
+def describe_os_error(exc: OSError, out: "str | os.PathLike | None" = None) -> str:
+    """One line for an :class:`OSError` that reached the command line: a full disk or a failed
+    write as :func:`output_error` words it, any other (a file that cannot be read, say) with its
+    cause and path."""
+    if isinstance(exc, OutputError):
+        return str(exc)
+    code = _errno_of(exc)
+    if code in _FULL or (exc.filename is None and out is not None):
+        return str(output_error(exc, exc.filename or out))
+    what = exc.strerror or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{what}{where}; check the path and its permissions."
+
+
 def check_writable(path: "str | os.PathLike") -> Path:
     """Fail now, naming the path, if ``path`` cannot be written (its folder is missing and cannot
-    be made, is a file, or is read-only): before minutes of work, not after."""
+    be made, is a file, or is read-only): before minutes of work, not after.
+
+    Raises
+    ------
+    InputError
+        ``path`` is a directory.
+    OutputError
+        Its folder cannot be made or written (the message names the cause and the fix).
+    """
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a directory; give a file name.")
@@ -82,7 +203,16 @@ def check_writable(path: "str | os.PathLike") -> Path:
         os.close(fd)
         os.remove(probe)
     except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}. Choose a writable location.") from exc
+        raise output_error(exc, path) from None
+    return path
+
+
+def check_writable_dir(path: "str | os.PathLike") -> Path:
+    """:func:`check_writable` for a folder that will receive files (``--plots DIR``)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file; give a folder name.")
+    check_writable(path / ".sctopic-probe")
     return path
 
 
@@ -113,18 +243,32 @@ def atomic_write(path: "str | os.PathLike", write) -> Path:
     new file would (0666 less the umask), not the temporary file's private 0600.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
-        _fsync(tmp)
+        _fsync(tmp, strict=True)  # a failed flush means the bytes may not be on disk: fail
         os.replace(tmp, path)
         _fsync(path.parent)
+    except OSError as exc:
+        # Disk full, read-only, I/O error (h5py reports them as OSError too): one clear error
+        # naming the path and the space left; the temporary file is removed below.
+        raise output_error(exc, path) from exc
+    except RuntimeError as exc:
+        # torch.save on a full disk raises RuntimeError ("iostream error", "unexpected pos"):
+        # measured here, while the temporary file still holds the space it took
+        if tmp is None or not _looks_like_io(exc):
+            raise
+        raise output_error(_as_os_error(exc, path), path) from exc
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None and os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
     return path
 
 

@@ -155,4 +155,34 @@ def check_embedding(emb, obs_names: Sequence[str], name: str = "external embeddi
             f"{name} holds NaN or infinite values in {len(rows)} cells (e.g. rows "
             f"{', '.join(map(str, rows[:3]))}); recompute it or drop those cells."
         )
+    if n > 1 and float(np.ptp(emb, axis=0).max()) == 0.0:
+        raise InputError(
+            f"{name} is constant (every cell has the same {emb.shape[1]} values): it carries nothing about "
+            "the cells; recompute it, or train without an external view (cross_view=False, --no-cross-view)."
+        )
     return emb
+
+
+def check_label_column(col, key: str, what: str = "labels") -> None:
+    """Refuse a column of continuous numbers given as labels (cell types, conditions, batches).
+
+    A float column whose values are not all whole numbers (e.g. ``percent_mito``) would make every
+    cell its own class; integer codes (``0.0, 1.0...``), text and categories pass.
+
+    Raises
+    ------
+    InputError
+        ``col`` holds non-integer floats, naming the column and the fix.
+    """
+    values = pd.Series(col)
+    if not pd.api.types.is_float_dtype(values.dtype):
+        return
+    v = values.to_numpy(dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size and not np.all(v == np.round(v)):
+        eg = ", ".join(f"{x:.4g}" for x in v[:3])
+        raise InputError(
+            f"{what} column {key!r} holds continuous numbers (e.g. {eg}; {len(np.unique(v))} distinct values), "
+            "not categories: pass a column of cell types or conditions (text or categorical), or bin it "
+            "first (pd.cut)."
+        )

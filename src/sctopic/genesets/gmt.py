@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike
 
 
-def _open_text(path: Path, mode: str):
-    if path.suffix == ".gz":
+def _open_text(path: Path, mode: str, gz: bool | None = None):
+    if (path.suffix == ".gz") if gz is None else gz:
         if "w" in mode:
             # mtime=0 keeps the compressed bytes reproducible from run to run.
             raw = open(path, "wb")
@@ -55,7 +55,7 @@ def iter_gmt(path: PathLike) -> Iterator[tuple[str, str, list[str]]]:
     Raises
     ------
     InputError
-        If a line has no set name or the same set name occurs twice.
+        If a line has no tab (not GMT), no set name, or the same set name occurs twice.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,6 +68,9 @@ def iter_gmt(path: PathLike) -> Iterator[tuple[str, str, list[str]]]:
                 if not line.strip() or line.startswith("#"):
                     continue
                 fields = line.split("\t")
+                if len(fields) < 2:  # a text file that is not GMT, not an empty gene set
+                    raise InputError(f"{path}: line {lineno} has no tab ({line.strip()[:40]!r}); not a GMT "
+                                     "file: each line must be NAME<TAB>DESCRIPTION<TAB>GENE1<TAB>GENE2...")
                 name = fields[0].strip()
                 if not name:
                     raise InputError(f"{path}: line {lineno} has no gene-set name")
@@ -109,10 +112,19 @@ def write_gmt(
     else:
         descriptions = descriptions or {}
         records = ((k, descriptions.get(k, "na"), v) for k, v in library.items())
-    with _open_text(path, "w") as fh:
-        for name, desc, genes in records:
-            for field in (name, desc, *genes):
-                if "\t" in field or "\n" in field:
-                    raise InputError(f"gene set {name!r}: field {field!r} contains a tab or newline")
-            fh.write("\t".join([name, desc or "na", *genes]) + "\n")
-    return path
+    lines = []
+    for name, desc, genes in records:
+        for field in (name, desc, *genes):
+            if "\t" in field or "\n" in field:
+                raise InputError(f"gene set {name!r}: field {field!r} contains a tab or newline")
+        lines.append("\t".join([name, desc or "na", *genes]) + "\n")
+
+    def write(tmp: str) -> None:
+        # the temporary file keeps the final name's suffix, so .gz compresses
+        with _open_text(Path(tmp), "w", gz=path.suffix == ".gz") as fh:
+            fh.writelines(lines)
+
+    from sctopic.data.io import atomic_write
+
+    # a full disk or a kill never leaves a truncated GMT under the final name
+    return atomic_write(path, write)

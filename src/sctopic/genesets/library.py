@@ -159,7 +159,7 @@ class GeneSetLibrary:
         genes: Sequence[str],
         min_size: int = 5,
         max_size: int = 500,
-        case_insensitive: bool = True,
+        case_insensitive: bool | None = None,
         min_coverage: float = 0.05,
     ) -> "MatchedLibrary":
         """Project the library onto a dataset's genes.
@@ -177,7 +177,10 @@ class GeneSetLibrary:
         min_size, max_size
             Bounds on the overlap size of kept sets (5..500 as in the reference).
         case_insensitive
-            Also match genes differing only in case (e.g. ``Cd74`` and ``CD74``).
+            Also match genes differing only in case (e.g. ``Cd74`` and ``CD74``). ``None``
+            (default): do so for a minority of the genes, but refuse a library that matches
+            the dataset mostly after upper-casing (mouse sets on human data, or the reverse:
+            another species' library); ``True``: match by case anyway; ``False``: exact only.
         min_coverage
             When both the fraction of dataset genes found in the library and the fraction
             of library genes found in the dataset are below this, an
@@ -212,7 +215,7 @@ class GeneSetLibrary:
             lib_col[j] = self._index.get(g, -1)
         n_exact = int((lib_col >= 0).sum())
         n_ci = 0
-        if case_insensitive and n_exact < n_genes:
+        if case_insensitive is not False and n_exact < n_genes:
             lib_upper: dict[str, list[int]] = {}
             for i, g in enumerate(self.genes.tolist()):
                 lib_upper.setdefault(g.upper(), []).append(i)
@@ -227,6 +230,15 @@ class GeneSetLibrary:
                 lib_col[js[0]] = cand[0]
                 n_ci += 1
 
+        if case_insensitive is None and n_ci > n_exact:
+            eg = next(genes[j] for j in range(n_genes) if lib_col[j] >= 0 and genes[j] != self.genes[lib_col[j]])
+            raise InputError(
+                f"gene-set library {self.name!r} matches the dataset mostly after upper-casing ({n_ci} genes, "
+                f"e.g. {eg} ~ {self.genes[lib_col[genes.index(eg)]]}; {n_exact} match exactly): it looks like "
+                "another species' library (mouse sets on human data, or the reverse). Use the library of "
+                "the data's species (go_bp_human, go_bp_mouse) or map the genes through orthologs; in "
+                "Python, case_insensitive=True matches them anyway."
+            )
         found = lib_col >= 0
         n_found = int(found.sum())
         coverage = n_found / n_genes
@@ -315,6 +327,9 @@ def read_gmt(path: PathLike, name: str | None = None) -> GeneSetLibrary:
     records = list(iter_gmt(path))
     if not records:
         raise InputError(f"gene-set file {str(path)!r} contains no gene sets")
+    if not any(genes for _, _, genes in records):
+        raise InputError(f"gene-set file {str(path)!r} has {len(records)} sets but no genes: each line must be "
+                         "NAME<TAB>DESCRIPTION<TAB>GENE1<TAB>GENE2...")
     if name is None:
         name = path.name.split(".gmt")[0] if ".gmt" in path.name else path.stem
     return GeneSetLibrary.from_records(records, name=name)

@@ -44,6 +44,9 @@ def _obs_column(adata, key, what: str):
         if key not in adata.obs.columns:
             cols = ", ".join(map(str, adata.obs.columns)) or "(none)"
             raise InputError(f"no {what} column {key!r} in obs; available columns: {cols}")
+        from sctopic.data.validate import check_label_column
+
+        check_label_column(adata.obs[key], key, what)
         return adata.obs[key].to_numpy(dtype=object)
     values = np.asarray(key, dtype=object)
     if len(values) != adata.n_obs:
@@ -127,6 +130,8 @@ def evaluate(
         ``tc``, ``ora_*``, ``gsea_*``, ``ora_pairs``, ``gsea_pairs``), ``model``, ``use_rep``,
         ``n_cells``, ``n_genes``, ``n_topics``, ``settings`` and ``seconds`` (part -> s).
     """
+    if not (isinstance(fixed_resolution, (int, float)) and np.isfinite(fixed_resolution) and fixed_resolution > 0):
+        raise InputError(f"fixed_resolution (--resolution) must be a number > 0, got {fixed_resolution!r}.")
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
 
@@ -136,6 +141,10 @@ def evaluate(
     t0 = time.perf_counter()
     adata = read_result(adata_or_dir)
     outs = model_outputs(adata, model)
+    if outs.topic_gene is not None and not 1 <= top_n <= outs.topic_gene.shape[1]:
+        # before the clustering sweep, not after it
+        raise InputError(f"top_n (--top-n) is {top_n}, but the model has {outs.topic_gene.shape[1]} genes; "
+                         f"pass --top-n between 1 and {outs.topic_gene.shape[1]}.")
     _tick("load", t0)
 
     if use_rep is not None:
@@ -215,7 +224,8 @@ def evaluate(
     if outs.topic_gene is not None:
         tg = outs.topic_gene
         if not 1 <= top_n <= tg.shape[1]:
-            raise InputError(f"top_n must be between 1 and the number of genes ({tg.shape[1]}), got {top_n}")
+            raise InputError(f"top_n (--top-n) is {top_n}, but the model has {tg.shape[1]} genes; "
+                             f"pass --top-n between 1 and {tg.shape[1]}.")
         res["td"] = topic_diversity(tg, top_n)
         res["td_exclusive"] = topic_diversity_exclusive(tg, top_n)
         _tick("ip_td", t0)

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sctopic.metrics._labels import encode
+from sctopic.errors import InputError
 
 
 def _topic_gene(topic_gene) -> np.ndarray:
@@ -35,7 +36,7 @@ def top_gene_indices(topic_gene, top_n: int = 10) -> np.ndarray:
     h = int(top_n)
     k, v = tg.shape
     if not 1 <= h <= v:
-        raise ValueError(f"top_n must be between 1 and the number of genes ({v}), got {h}")
+        raise InputError(f"top_n (--top-n) is {h}, but there are {v} genes; pass a top_n between 1 and {v}.")
     if h == v:
         return np.argsort(-tg, axis=1, kind="stable")
     part = np.argpartition(-tg, h - 1, axis=1)[:, :h]  # the h largest, in no order

@@ -82,6 +82,16 @@ class BaseTopicModel:
             self._data_fingerprint = fp
         return dict(self._data_fingerprint)
 
+    @staticmethod
+    def _check_n_topics(n_topics) -> None:
+        """K is a whole number >= 2 (checked before reading the data: fail fast)."""
+        import numbers
+
+        if isinstance(n_topics, bool) or not isinstance(n_topics, numbers.Integral):
+            raise InputError(f"n_topics must be a whole number >= 2, got {n_topics!r}.")
+        if int(n_topics) < 2:
+            raise InputError(f"n_topics must be at least 2, got {n_topics}.")
+
     def _check_topics(self, n_topics: int) -> None:
         """K must be at least 2 and at most the number of genes (topics are distributions over them)."""
         if int(n_topics) < 2:

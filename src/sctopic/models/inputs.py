@@ -151,6 +151,13 @@ def batch_codes(adata: ad.AnnData, batch_key: str | None) -> tuple[list[str], np
         )
     cat = pd.Categorical(col.astype(str))
     categories = [str(c) for c in cat.categories]
+    sizes = np.bincount(np.asarray(cat.codes), minlength=len(categories))
+    if len(categories) > 1 and (sizes < 2).any():
+        lone = [c for c, s in zip(categories, sizes) if s < 2]
+        raise InputError(
+            f"batch {lone[0]!r} of adata.obs[{batch_key!r}] has only 1 cell ({len(lone)} such batches): its "
+            "gene intercepts would be fitted to that cell alone; merge it with a similar batch or drop it."
+        )
     if len(categories) < 2:
         warnings.warn(f"adata.obs[{batch_key!r}] holds a single batch; batch terms have no effect.",
                       UserWarning, stacklevel=4)

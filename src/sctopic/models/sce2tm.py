@@ -1,6 +1,7 @@
 """User-facing scE2TM model (Chen et al., arXiv 2507.08355)."""
 from __future__ import annotations
 
+import numbers
 import time
 from typing import Any
 
@@ -108,10 +109,9 @@ class SCE2TM(BaseTopicModel):
                  entropy_weight: float = 5.0, temperature: float = 0.5, n_neighbors: int = 15,
                  batch_key: str | None = None, seed: int = 0, backed: bool = False,
                  preset: str = "default", cve_loss: str | None = None, cve_weight: float | str | None = None):
-        if int(n_topics) < 2:  # before reading the data: fail fast
-            raise InputError(f"n_topics must be at least 2, got {n_topics}.")
-        if ecr_weight < 0:
-            raise InputError(f"ecr_weight must be >= 0, got {ecr_weight}.")
+        self._check_n_topics(n_topics)  # before reading the data: fail fast
+        if not (isinstance(ecr_weight, numbers.Real) and ecr_weight >= 0 and np.isfinite(ecr_weight)):
+            raise InputError(f"ecr_weight must be a finite number >= 0, got {ecr_weight!r}.")
         if cross_view and external_concat:
             raise InputError("cross_view=True and external_concat=True are alternatives; set cross_view=False for 'w/ EC'.")
         if preset not in PRESETS:
@@ -129,9 +129,15 @@ class SCE2TM(BaseTopicModel):
         self._check_topics(n_topics)
         self._pca, self.external_ = None, None
         if cross_view or external_concat:
-            if backed:
+            is_name = external_key is None or isinstance(external_key, str)
+            if not is_name and not hasattr(external_key, "shape"):
+                raise InputError(f"external_key must be an obsm key, a view name ('pca', 'random', 'go', "
+                                 f"'scgpt:DIR', 'geneformer:DIR') or a cells x dims array/DataFrame, got "
+                                 f"{type(external_key).__name__}.")
+            if backed and is_name:
                 check_backed_view(external_key)
-            if external_key in (None, "pca") or cross_view:
+            # an array/DataFrame (one row per cell) is checked and aligned by resolve_view
+            if (is_name and external_key in (None, "pca")) or cross_view:
                 self._pca = pca_of_counts(self._X, 50, seed)
             self.external_ = resolve_view(self.adata, external_key, self._X, seed=seed, pca=self._pca,
                                           layer=layer)

@@ -70,8 +70,7 @@ class SCETM(BaseTopicModel):
                  batch_key: str | None = None, *, n_top_genes: int | None = 5000, n_hidden: int = 128,
                  emb_dim: int | None = None, dropout: float = 0.1, gene_sets=None,
                  adversarial: bool = False, normed_loss: bool = True, seed: int = 0, backed: bool = False):
-        if int(n_topics) < 2:  # before reading the data: fail fast
-            raise InputError(f"n_topics must be at least 2, got {n_topics}.")
+        self._check_n_topics(n_topics)  # before reading the data: fail fast
         self._setup(adata, layer, n_top_genes, backed, batch_key)
         self._check_topics(n_topics)
         if adversarial and self.n_batches < 2:

@@ -33,6 +33,39 @@ def load_model(path: str | os.PathLike, adata=None, device: str = "cpu") -> Base
     return cls.load(path, adata=adata, device=device)
 
 
+def _read_ortholog_file(path: Path) -> pd.DataFrame:
+    """A two-column ortholog table from CSV/TSV/whitespace text, or a one-line InputError saying
+    what is wrong with the file (missing, binary, one column, ragged rows)."""
+    import io
+
+    fix = "give a text file with two columns (CSV or TSV), one gene symbol per species per row"
+    if not path.is_file():
+        raise InputError(f"ortholog table {path} does not exist.")
+    raw = path.read_bytes()
+    try:
+        if b"\x00" in raw[:65536]:
+            raise UnicodeDecodeError("utf-8", raw[:1], 0, 1, "NUL byte")
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"ortholog table {path} is not a text file (binary or not UTF-8); {fix}.") from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise InputError(f"ortholog table {path} is empty; {fix}.")
+    first = lines[0]
+    sep = next((c for c in ("\t", ",", ";") if c in first), None)
+    if sep is None:
+        if len(first.split()) < 2:
+            raise InputError(f"ortholog table {path} has one column (first row {first.strip()[:40]!r}); {fix}.")
+        sep = r"\s+"
+    try:
+        df = pd.read_csv(io.StringIO("\n".join(lines)), sep=sep, engine="python", header=None, dtype=str,
+                         skipinitialspace=True)
+    except (pd.errors.ParserError, ValueError) as exc:
+        why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"ortholog table {path} is malformed ({why}); {fix}.") from None
+    return df
+
+
 def read_orthologs(table, model_genes, data_genes) -> tuple[dict[str, str], dict]:
     """One-to-one ortholog map data gene -> model gene from a two-column table.
 
@@ -54,12 +87,10 @@ def read_orthologs(table, model_genes, data_genes) -> tuple[dict[str, str], dict
     if isinstance(table, pd.DataFrame):
         df = table
     else:
-        path = Path(table)
-        if not path.is_file():
-            raise InputError(f"ortholog table {path} does not exist.")
-        df = pd.read_csv(path, sep=None, engine="python", header=None, dtype=str)
+        df = _read_ortholog_file(Path(table))
     if df.shape[1] < 2:
-        raise InputError("the ortholog table needs two columns (one gene symbol per species).")
+        raise InputError(f"the ortholog table has {df.shape[1]} column(s); it needs two (one gene symbol per "
+                         "species per row, e.g. human<TAB>mouse).")
     df = df.iloc[:, :2].dropna().astype(str)
     df.columns = ["a", "b"]
     mg, dg = set(map(str, model_genes)), set(map(str, data_genes))
@@ -113,6 +144,9 @@ def transfer(
         A copy of the data with ``obsm['X_<key>']`` etc. (see ``write_results``), and a dict
         with the gene overlap (``n_model_genes``, ``n_shared_genes``, ``fraction_shared``).
     """
+    if not (isinstance(min_shared, (int, float)) and 0 <= min_shared <= 1):
+        raise InputError(f"min_shared (--min-shared) is a fraction of the model's genes, between 0 and 1; got "
+                         f"{min_shared!r}.")
     if not isinstance(model, BaseTopicModel):
         model = load_model(model)
     model._check_trained()
