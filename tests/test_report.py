@@ -305,3 +305,26 @@ def test_report_layout_no_overflow_in_chromium(report_k, tmp_path):
     subprocess.run([exe, *flags, f"--screenshot={shot}", out.as_uri()], check=True, capture_output=True, timeout=180)
     img = imread(shot)
     assert img.shape[1] >= 1000 and float(img[..., :3].std()) > 0.05
+
+
+def test_cli_progress_quiet_and_closing_line(tmp_path, pbmc_small, capsys):
+    """report and evaluate say what they do on stderr (silenced by -q), always end with where the
+    outputs went and what to run next, and keep stdout clean (evaluate's JSON still parses)."""
+    from sctopic.cli import main
+
+    d = synthetic_result(tmp_path / "fit", pbmc_small, 10)
+    assert main(["report", str(d), "--layout", "pca", "--genesets", "none", "--labels", "cell_type"]) == 0
+    cap = capsys.readouterr()
+    assert "sctopic report: done in" in cap.err and f"outputs in {d / 'report.html'}" in cap.err
+    assert "next: open it in a web browser" in cap.err
+    assert "report: 10 topic cards" in cap.err  # a stage message
+    assert cap.out == ""
+    assert main(["-q", "report", str(d), "--layout", "pca", "--genesets", "none"]) == 0
+    cap = capsys.readouterr()
+    assert "report: 10 topic cards" not in cap.err and "sctopic report: done in" in cap.err
+    (d / "evaluate.json").unlink()
+    assert main(["evaluate", str(d), "--genesets", "none", "--permutations", "0", "--labels", "cell_type"]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["ari_oracle"] is not None  # stdout is only the JSON
+    assert "sctopic evaluate: ari computed" in cap.err or "computed in" in cap.err
+    assert "next: --json" in cap.err and "sctopic evaluate: done in" in cap.err

@@ -179,6 +179,7 @@ def perturb_topics(
     n_pcs: int = 50,
     n_permutations: int = 1000,
     layer: str | None = None,
+    progress: bool = False,
 ) -> PerturbationResult:
     """Shift chosen topics in control cells, decode expression, and compare with the real target.
 
@@ -252,6 +253,8 @@ def perturb_topics(
         Permutations of the differential-topic test.
     layer
         Layer with raw counts (default: the model's layer, else ``X``).
+    progress
+        Show a progress bar over the null draws.
 
     Returns
     -------
@@ -403,7 +406,9 @@ def perturb_topics(
 
     rng = np.random.default_rng(seed)
     rows = []
-    for _ in range(int(n_null)):
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(int(n_null)), desc="null draws", unit="draw", disable=not progress, leave=False):
         rand = np.sort(rng.choice(pool, size=len(chosen), replace=False)).tolist()
         if null_shift == "own" and isinstance(shift, str):
             s = _cell_shifts(delta_c, delta_t, rand, ct_c, ct_t, shift)

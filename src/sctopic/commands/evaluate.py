@@ -74,9 +74,15 @@ def run(args: argparse.Namespace) -> int:
     from sctopic.commands.common import verify_run_input
 
     verify_run_input(args.dir)  # a folder whose files do not match its manifest is refused
+    from sctopic.commands.progress import for_args
+
+    prog = for_args("evaluate", args)
     genesets = DEFAULT_GENESETS if args.genesets is None else tuple(args.genesets)
     if [g.lower() for g in genesets] == ["none"]:
         genesets = ()
+    from sctopic.genesets import load
+
+    genesets = tuple(load(g) for g in genesets)  # a bad name fails now, not after the clustering
     res = evaluate(
         args.dir,
         labels=args.labels,
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         fixed_resolution=args.resolution,
         tc_documents=args.tc_documents,
+        progress=prog,
     )
     text = json.dumps(res, indent=2, allow_nan=False) + "\n"
     if args.json:
@@ -100,4 +107,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {args.json}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    from pathlib import Path
+
+    folder = args.dir if Path(args.dir).is_dir() else str(Path(args.dir).parent)
+    prog.done(args.json or "stdout (JSON)",
+              f"'sctopic report {args.dir}' shows these metrics with the figures" if args.json and
+              Path(args.json).parent.resolve() == Path(folder).resolve() else
+              f"--json {folder}/evaluate.json, then 'sctopic report {args.dir}' shows them with the figures")
     return 0

@@ -63,6 +63,9 @@ def run(args) -> int:
 
     from sctopic.commands.common import verify_run_input
 
+    from sctopic.commands.progress import for_args
+
+    prog = for_args("perturb", args)
     d = Path(args.model_dir)
     verify_run_input(d)  # a folder whose files do not match its manifest is refused
     if args.data is not None:
@@ -75,11 +78,12 @@ def run(args) -> int:
         raise InputError(f"{d} is not a 'sctopic fit' output directory; pass the directory (and --data for other cells).")
     adata = read_adata(data_path)
     model = load_model(d, adata=adata)
+    # No stage line before perturb_topics has checked the groups: an input error stays one line.
     res = perturb_topics(
         model, group_key=args.group_key, control=args.control, target=args.target, topics=args.topics,
         shift=args.shift, n_null=args.n_null, top_n=args.top_n, seed=args.seed,
         celltype_key=args.celltype_key, null_shift=args.null_shift, min_effect=args.min_effect,
-        layer=args.layer,
+        layer=args.layer, progress=prog.enabled,
     )
     out = res.to_dict()
     out.update(model_dir=str(d), data=str(data_path), null_draws=res.null.to_dict(orient="records"))
@@ -94,6 +98,7 @@ def run(args) -> int:
 
         plots = Path(args.plots)
         plots.mkdir(parents=True, exist_ok=True)
+        prog("drawing the figures")
         coords = perturbation_umap_coords(res, seed=args.seed)
         perturbation_umap(res, coords=coords, path=plots / "perturb_umap.png")
         lfc_scatter(res, path=plots / "perturb_lfc.png")
@@ -108,4 +113,7 @@ def run(args) -> int:
     print(f"distance to target {s['distance_to_target_before']:.3g} -> {s['distance_to_target_after']:.3g}; "
           f"target-neighbour share {s['target_neighbour_share_before']:.3f} -> {s['target_neighbour_share_after']:.3f}")
     print(f"wrote {args.json}" + (f" and figures in {args.plots}" if args.plots else ""), file=sys.stderr)
+    prog.done(args.json + (f" and {args.plots}" if args.plots else ""),
+              f"look at {args.plots}/perturb_summary.png" if args.plots else
+              "add --plots DIR for the UMAP, fold-change and null figures")
     return 0
