@@ -127,9 +127,14 @@ def test_dominant_topic_umap_has_a_bounded_legend(k, tmp_path):
     assert leg is not None, "categories need a legend"
     texts = [t.get_text() for t in leg.get_texts()]
     n_cats = len(set(pl.dominant_topic(a)))  # topics that dominate at least one cell
-    assert len(texts) == min(n_cats, 20) + (n_cats > 20)
-    if n_cats > 20:
-        assert texts[-1].startswith(f"other: {n_cats - 20} smaller categories")
+    assert len(texts) == min(n_cats, 18) + (n_cats > 18)
+    if n_cats > 18:
+        assert texts[-1].startswith(f"other: {n_cats - 18} smaller categories")
+    # no category shares the grey of "other"
+    from matplotlib.colors import to_rgb
+
+    cols = [to_rgb(h.get_facecolor()[0]) for h in leg.legend_handles[:-1]] if n_cats > 18 else []
+    assert all(max(c) - min(c) > 0.05 for c in cols)
     assert (tmp_path / "dom.png").stat().st_size > 5000
     assert count_labels(fig) == 0
     # the rasterised scatter keeps a vector file small at 10^5 cells
@@ -172,6 +177,9 @@ def test_gene_topic_map_labels_bounded_and_apart(k, tmp_path):
     assert overlapping_labels(fig) == 0
     assert fig.axes[0].get_legend() is not None
     assert "named:" in fig.axes[0].get_title() and "..." not in fig.axes[0].get_title()
+    # the most used topic is named first
+    most_used = f"topic_{int(np.argmax(a.obsm['X_sce2tm'].mean(0)))}"
+    assert most_used in [t.get_text() for t in fig.axes[0].texts]
     assert (tmp_path / "g.png").is_file()
 
 
@@ -221,6 +229,7 @@ def test_manhattan_names_terms_not_ids(k, tmp_path):
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert 1 <= len(texts) <= 8 and overlapping_labels(fig) == 0
     assert all(t.startswith("regulation of") and "GO:" not in t for t in texts)
+    assert len(set(texts)) == len(texts)  # each term named once
     assert all(len(line) <= 26 for t in texts for line in t.split("\n"))
     assert len(fig.axes[0].get_xticklabels()) <= 41  # topic ticks thinned at K=200
     assert (tmp_path / "m.png").is_file()

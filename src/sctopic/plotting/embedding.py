@@ -18,13 +18,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def palette(n: int) -> list:
-    """``n`` distinct colours: tab10/tab20 when they suffice, else evenly spaced hues."""
+    """``n`` distinct colours without greys (grey means "other" or "not significant" in these
+    figures): tab10, then tab20, then tab20 + tab20b, then evenly spaced hues."""
     from matplotlib import colormaps
 
-    if n <= 10:
-        return [colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [colormaps["tab20"](i) for i in range(n)]
+    def no_grey(name: str, size: int) -> list:
+        cols = [colormaps[name](i) for i in range(size)]
+        return [c for c in cols if max(c[:3]) - min(c[:3]) > 0.05]
+
+    for cols in (no_grey("tab10", 10), no_grey("tab20", 20), no_grey("tab20", 20) + no_grey("tab20b", 20)):
+        if n <= len(cols):
+            return cols[:n]
     return [colormaps["hsv"](i / n) for i in range(n)]
 
 
@@ -63,7 +67,7 @@ def point_size(n: int) -> float:
     return float(np.clip(3000 / max(n, 1), 0.2, 12))
 
 
-def _categorical(ax, coords, values, *, s: float, legend: bool, max_categories: int = 20) -> int:
+def _categorical(ax, coords, values, *, s: float, legend: bool, max_categories: int = 18) -> int:
     """Scatter by category: the ``max_categories`` largest get colours and legend entries, the
     rest one grey "other" entry (so 100 dominant topics still give a readable legend).
     Returns the number of categories folded into "other"."""
@@ -101,7 +105,7 @@ def cell_umap(
     continuous: bool | None = None,
     point_size: float | None = None,
     legend: bool = True,
-    max_categories: int = 20,
+    max_categories: int = 18,
     size: tuple[float, float] = (5.5, 4.2),
     axis_label: str = "UMAP",
     path: "str | os.PathLike | None" = None,
@@ -234,6 +238,7 @@ def gene_topic_map(
     n_labels: int = 2,
     max_gene_labels: int = 30,
     max_topic_labels: int = 20,
+    topic_importance: Sequence[float] | None = None,
     seed: int = 0,
     layout: str = "umap",
     path: "str | os.PathLike | None" = None,
@@ -271,6 +276,10 @@ def gene_topic_map(
         Candidate gene labels per topic.
     max_gene_labels, max_topic_labels
         At most this many gene and topic names are written.
+    topic_importance
+        One number per topic; topics (and their genes) are named in decreasing order of it.
+        Default: the topic's mean proportion in the AnnData form, else the number of top genes it
+        owns on the map.
     seed
         UMAP random state.
     layout
@@ -290,8 +299,13 @@ def gene_topic_map(
     from sctopic.plotting.labels import place_labels
 
     if is_anndata(gene_embedding):
-        gene_embedding, topic_embedding, genes, topic_gene, names0 = _embeddings_of(gene_embedding, key)
+        from sctopic.plotting.adata import topics
+
+        adata = gene_embedding
+        gene_embedding, topic_embedding, genes, topic_gene, names0 = _embeddings_of(adata, key)
         topic_names = names0 if topic_names is None else topic_names
+        if topic_importance is None:  # the topics cells use most are the ones worth naming
+            topic_importance = topics(adata, key)[0].mean(0)
     if topic_embedding is None or genes is None or topic_gene is None:
         raise InputError("gene_topic_map needs gene_embedding, topic_embedding, genes and topic_gene (or an AnnData).")
     ge = np.asarray(gene_embedding, dtype=np.float64)
@@ -338,9 +352,14 @@ def gene_topic_map(
     head = ax.set_title(f"{title}\n{k} topics, {len(gidx)} genes; named: ... topics, ... genes "
                         "(labels that would overlap are left out)", fontsize=8.5)
     # Last: labels are placed in display space, which every artist above may still change.
-    # Topics owning many top genes are the distinct programs: name them first.
-    n_owned = np.bincount([owner[int(g)] for g in gidx], minlength=k)
-    t_order = np.argsort(-n_owned, kind="stable")
+    # Name the important topics first (default: those owning many top genes, distinct programs).
+    if topic_importance is not None:
+        imp = np.asarray(topic_importance, dtype=float)
+        if imp.shape != (k,):
+            raise InputError(f"topic_importance needs one value per topic ({k}), got shape {imp.shape}.")
+    else:
+        imp = np.bincount([owner[int(g)] for g in gidx], minlength=k).astype(float)
+    t_order = np.argsort(-imp, kind="stable")
     placed: list = []
     t_lab = place_labels(ax, txy[t_order, 0], txy[t_order, 1], [names[t] for t in t_order],
                          max_labels=max_topic_labels, fontsize=7, avoid=placed, fontweight="bold")

@@ -158,9 +158,9 @@ def enrichment_manhattan(
     """Manhattan plot of enrichment: every (topic, gene set) test, ``-log10 p`` by topic.
 
     Sets significant at ``fdr < alpha`` are coloured by topic. Each topic's most significant set
-    is a label candidate (one per topic, so one strong topic cannot fill the plot); the
-    ``n_labels`` most significant candidates are named by their term names (wrapped), where they
-    fit without overlapping.
+    is a label candidate (one per topic, so one strong topic cannot fill the plot, and each term
+    once, at its strongest topic); the ``n_labels`` most significant candidates are named by their
+    term names (wrapped), where they fit without overlapping.
 
     Parameters
     ----------
@@ -224,9 +224,15 @@ def enrichment_manhattan(
     ax.scatter(x[sig], y[sig], s=8, c=[c[i] for i in np.flatnonzero(sig)], linewidths=0,
                rasterized=int(sig.sum()) > 5000)
     ax.set_ylim(0, max(float(y.max()) * 1.35, -np.log10(alpha) + 1))  # head room for the labels
-    best = table[sig].assign(_y=y[sig]).sort_values("_y", ascending=False, kind="stable")
-    best = best.drop_duplicates("topic")  # one candidate per topic
-    rows = list(best.itertuples())
+    ranked = table[sig].assign(_y=y[sig]).sort_values("_y", ascending=False, kind="stable")
+    # One candidate per topic and per term: many topics may share their best term (ribosomal
+    # topics all say "cytoplasmic translation"); each term is named once, at its strongest topic.
+    rows, seen_t, seen_s = [], set(), set()
+    for r in ranked.itertuples():
+        if r.topic not in seen_t and r.set not in seen_s:
+            rows.append(r)
+            seen_t.add(r.topic)
+            seen_s.add(r.set)
     names = list(topic_names) if topic_names is not None else [str(t) for t in topics_]
     if len(names) != len(topics_) and all(isinstance(t, (int, np.integer)) for t in topics_) \
             and max(topics_) < len(names):
@@ -238,7 +244,7 @@ def enrichment_manhattan(
     ax.set_xlim(-0.8, len(topics_) - 0.2)
     ax.set_ylabel("-log10 p", fontsize=8)
     ax.set_title(title or f"enrichment of every topic and gene set (coloured: FDR < {alpha}; "
-                          "named: each topic's best set)", fontsize=9)
+                          "named: each topic's best term, once)", fontsize=9)
     # Last: labels are placed in display space, which every artist above may still change.
     place_labels(ax, [x[r.Index] for r in rows], [y[r.Index] for r in rows],
                  [set_label(r) for r in rows], max_labels=n_labels, fontsize=5.5)

@@ -142,8 +142,14 @@ def lfc_panel(ax, result, n_labels: int, clip: bool = True) -> int:
         out = (np.abs(x) > lx) | (np.abs(y) > ly)
         n_out = int(out.sum())
         x, y = np.clip(x, -lx, lx), np.clip(y, -ly, ly)
-        ax.set_xlim(-lx * 1.04, lx * 1.04)
-        ax.set_ylim(-ly * 1.04, ly * 1.04)
+
+        def span(v):  # the data's own range (0 included), within the clip, with a little margin
+            lo, hi = min(float(np.nanmin(v)), 0.0), max(float(np.nanmax(v)), 0.0)
+            pad = 0.05 * (hi - lo or 1.0)
+            return lo - pad, hi + pad
+
+        ax.set_xlim(*span(x))
+        ax.set_ylim(*span(y))
     ot, pt = g["observed_top"].to_numpy(bool), g["predicted_top"].to_numpy(bool)
     groups = ((~ot & ~pt, 4, "0.7", "other genes"), (ot & ~pt, 8, "tab:orange", "observed top only"),
               (pt & ~ot, 8, "tab:purple", "predicted top only"), (ot & pt, 10, "tab:red", "both"))

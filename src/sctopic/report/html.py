@@ -368,7 +368,7 @@ def build_report(
                              f"UMAP by {labels}", f"{layout.upper()} of the cells' topic proportions, coloured by {labels}"))
     overview.append(_img(_png(cell_umap(coords, dom[cells], title="cells coloured by dominant topic",
                                         continuous=False, axis_label=layout.upper(), size=(6.4, 3.8))),
-                         "UMAP by dominant topic", "the same map coloured by each cell's largest topic (the 20 "
+                         "UMAP by dominant topic", "the same map coloured by each cell's largest topic (the 18 "
                          "topics dominating most cells; the rest in grey)"))
     gemb = adata.varm.get(f"{act.model}_gene_embedding") if hasattr(adata.varm, "get") else None
     temb = adata.uns.get(act.model, {}).get("topic_embedding") if hasattr(adata.uns.get(act.model, {}), "get") else None
@@ -379,10 +379,12 @@ def build_report(
             ge = np.asarray(gemb)[pos]
             try:
                 gene_map = _img(_png(gene_topic_map(ge, np.asarray(temb), genes, w, topic_names=names,
-                                                    top_n=min(top_n, 10), seed=seed, layout=layout)),
+                                                    top_n=min(top_n, 10), seed=seed, layout=layout,
+                                                    topic_importance=theta.mean(0))),
                                 "gene-topic embedding map",
                                 "genes (dots, coloured by the topic where they rank highest) and topics (stars) "
-                                "in the shared embedding space")
+                                "in the shared embedding space; the most used topics and their top genes are "
+                                "named where the names fit")
             except InputError as exc:
                 notes.append(f"gene-topic map skipped: {exc}")
     else:
