@@ -122,7 +122,8 @@ def main() -> None:
     surv = survival_association(scores, bulk.obs["time"].to_numpy(float), bulk.obs["event"].to_numpy(float))
     top = str(surv.sort_values("p", kind="stable")["topic"].iloc[0])
     bulk.obs[top] = scores[top].to_numpy()
-    pl.kaplan_meier(bulk, key=top, time_unit="days", save=FIG / "tcga_k100_kaplan_meier.png")
+    # consICA does not state the unit of obs["time"] (0.016 to 30.8: most likely years), so none is claimed.
+    pl.kaplan_meier(bulk, key=top, time_unit="unit not stated; likely years", save=FIG / "tcga_k100_kaplan_meier.png")
 
     # ------------------------------------------------------------ topic number: the stored select-k run
     import json
