@@ -298,3 +298,25 @@ def test_show_returns_none_and_save_path_conflict(tmp_path):
     assert pl.topic_label_heatmap(a, key="cell_type", show=True) is None
     with pytest.raises(InputError, match="either save= or path="):
         pl.topic_label_heatmap(a, key="cell_type", save=tmp_path / "a.png", path=tmp_path / "b.png")
+
+
+def test_tl_wrappers_store_tables_the_plots_read(pbmc_small, tmp_path):
+    from sctopic import tl
+    from sctopic.data.outputs import write_outputs
+
+    a = synth_adata(10)
+    tab = tl.differential_topics(a, "cell_type", n_permutations=50)
+    assert a.uns["differential_topics"] is tab and set(tab["group"]) == set(a.obs["cell_type"].astype(str))
+    assert pl.topic_heatmap(a, save=tmp_path / "h.png") is not None and (tmp_path / "h.png").is_file()
+    b = pbmc_small.copy()  # real gene names, so GO BP sets match
+    rng = np.random.default_rng(0)
+    k, genes = 10, [str(g) for g in b.var_names]
+    theta = rng.dirichlet(np.full(k, 0.1), size=b.n_obs)
+    write_outputs(b, "scetm", logits=np.log(theta), theta=theta, topic_gene=rng.dirichlet(np.full(len(genes), 0.05), size=k),
+                  genes=genes, topic_names=[f"topic_{i}" for i in range(k)], params="{}")
+    ora = tl.enrichment(b, "go_bp_human", top_n=10)
+    assert b.uns["enrichment"] is ora and set(ora["topic"]) == set(range(k))
+    fig = pl.enrichment_manhattan(b, save=tmp_path / "m.png")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][:2] == ["topic_0", "topic_1"]
+    with pytest.raises(InputError, match="method"):
+        tl.enrichment(b, method="nope")
