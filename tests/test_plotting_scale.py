@@ -320,3 +320,13 @@ def test_tl_wrappers_store_tables_the_plots_read(pbmc_small, tmp_path):
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()][:2] == ["topic_0", "topic_1"]
     with pytest.raises(InputError, match="method"):
         tl.enrichment(b, method="nope")
+
+
+def test_topic_label_heatmap_means_match_pandas_with_missing_labels():
+    a = synth_adata(10)
+    theta = a.obsm["X_sce2tm"]
+    lab = a.obs["cell_type"].astype(str).to_numpy().astype(object)
+    lab[:5] = None  # missing labels are left out
+    fig = pl.topic_label_heatmap(theta, lab, [f"t{i}" for i in range(10)], scale="none", order="none")
+    ref = pd.DataFrame(theta[5:]).groupby(lab[5:].astype(str)).mean().T.to_numpy()
+    np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()), ref, rtol=1e-10)

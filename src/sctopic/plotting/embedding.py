@@ -511,8 +511,16 @@ def topic_label_heatmap(
     if theta.ndim != 2 or theta.shape[1] != len(topic_names):
         raise InputError(f"theta has shape {theta.shape} but {len(topic_names)} topic names were given.")
     keep = lab.notna().to_numpy()
-    df = pd.DataFrame(theta[keep], columns=[str(t) for t in topic_names])
-    mean = df.groupby(lab[keep].astype(str).to_numpy()).mean().T  # topics x labels
+    # Group means as one sparse (labels x cells) product: no copy of theta, so 10^6 cells x 200
+    # topics cost no more memory than theta itself.
+    import scipy.sparse as sp
+
+    codes, uniq = pd.factorize(lab.astype(str).where(keep), sort=True)
+    ok = codes >= 0
+    ind = sp.csr_matrix((np.ones(int(ok.sum())), (codes[ok], np.flatnonzero(ok))), shape=(len(uniq), len(lab)))
+    counts = np.asarray(ind.sum(1)).ravel()
+    mean = pd.DataFrame((ind @ theta / counts[:, None]).T, index=[str(t) for t in topic_names],
+                        columns=[str(u) for u in uniq])  # topics x labels
     raw = mean.to_numpy()
     rows = select_rows(raw, max_topics)
     sub = raw[rows]
