@@ -57,4 +57,76 @@ def topics_to_obs(adata, key: str | None = None, *, logits: bool = False, prefix
     return columns
 
 
-__all__ = ["topics_to_obs"]
+def differential_topics(adata, groupby: str, *, key_added: str = "differential_topics", **kwargs):
+    """:func:`sctopic.analysis.differential_topics` on ``adata``, the table stored in
+    ``adata.uns[key_added]`` (read by :func:`sctopic.plotting.volcano` and
+    :func:`~sctopic.plotting.topic_heatmap` in their ``adata, key=...`` form).
+
+    Parameters
+    ----------
+    adata
+        An AnnData holding a model's outputs.
+    groupby
+        ``obs`` column with the groups.
+    key_added
+        ``uns`` key of the table.
+    kwargs
+        Passed to :func:`sctopic.analysis.differential_topics` (``groups``, ``reference``...).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table (also in ``adata.uns[key_added]``).
+    """
+    from sctopic.analysis.differential import differential_topics as run
+
+    table = run(adata, groupby, **kwargs)
+    adata.uns[key_added] = table
+    return table
+
+
+def enrichment(adata, genesets="go_bp_human", *, method: str = "ora", model: str | None = None,
+               top_n: int = 10, key_added: str = "enrichment", **kwargs):
+    """ORA (or GSEA) of the topics of the model in ``adata``, the table stored in
+    ``adata.uns[key_added]`` (read by :func:`sctopic.plotting.enrichment_manhattan`).
+
+    Parameters
+    ----------
+    adata
+        An AnnData holding a model's outputs.
+    genesets
+        Bundled library name, GMT path or a loaded library.
+    method
+        ``"ora"`` (top ``top_n`` genes per topic) or ``"gsea"``.
+    model
+        Model key (default ``uns["sctopic"]["model"]``).
+    top_n
+        ORA: top genes per topic (among the genes present in the library).
+    key_added
+        ``uns`` key of the table.
+    kwargs
+        Passed to :func:`sctopic.genesets.ora` or :func:`~sctopic.genesets.gsea`.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    from sctopic import genesets as gs
+    from sctopic.data.outputs import model_outputs
+
+    if method not in ("ora", "gsea"):
+        raise InputError(f"method must be 'ora' or 'gsea', got {method!r}.")
+    out = model_outputs(adata, model)
+    if out.topic_gene is None:
+        raise InputError("no topic-gene matrix in this AnnData (uns['<model>']['topic_gene']).")
+    lib = gs.load(genesets) if isinstance(genesets, (str, bytes)) or hasattr(genesets, "__fspath__") else genesets
+    genes = out.genes or [str(g) for g in adata.var_names]
+    if method == "ora":
+        table = gs.ora(out.topic_gene, genes, lib, top_n=top_n, **kwargs)
+    else:
+        table = gs.gsea(out.topic_gene, genes, lib, **kwargs)
+    adata.uns[key_added] = table
+    return table
+
+
+__all__ = ["differential_topics", "enrichment", "topics_to_obs"]

@@ -180,6 +180,7 @@ def perturb_topics(
     n_permutations: int = 1000,
     layer: str | None = None,
     allow_missing_genes: bool = False,
+    progress: bool = False,
 ) -> PerturbationResult:
     """Shift chosen topics in control cells, decode expression, and compare with the real target.
 
@@ -256,6 +257,8 @@ def perturb_topics(
     allow_missing_genes
         Fill model genes absent from ``adata`` with zero counts (with a warning stating the
         fraction; their observed fold changes are then 0) instead of failing.
+    progress
+        Show a progress bar over the null draws.
 
     Returns
     -------
@@ -417,7 +420,9 @@ def perturb_topics(
 
     rng = np.random.default_rng(seed)
     rows = []
-    for _ in range(int(n_null)):
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(int(n_null)), desc="null draws", unit="draw", disable=not progress, leave=False):
         rand = np.sort(rng.choice(pool, size=len(chosen), replace=False)).tolist()
         if null_shift == "own" and isinstance(shift, str):
             s = _cell_shifts(delta_c, delta_t, rand, ct_c, ct_t, shift)

@@ -105,4 +105,8 @@ def run(args: argparse.Namespace) -> int:
     n_ok = int((df["status"] == "ok").sum()) if len(df) else 0
     print(f"{len(df)} rows in {out / RESULTS_CSV} ({n_ok} ok); wrote "
           + ", ".join(str(p.relative_to(stage)) if p.is_relative_to(stage) else str(p) for p in written.values()))
+    from sctopic.commands.progress import for_args
+
+    for_args("bench", args).done(str(out), f"read {out}/table.md; 'sctopic bench {args.config} --report-only' "
+                                 "redraws the tables and figures")
     return 0

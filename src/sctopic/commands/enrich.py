@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     out = check_writable(Path(args.out) if args.out else src.parent / "enrichment.tsv")
     quiet = getattr(args, "quiet", False)
     say = (lambda *a: None) if quiet else print
+    from sctopic.commands.progress import for_args
+
+    prog = for_args("enrich", args)
     say(f"{model}: {topic_gene.shape[0]} topics x {topic_gene.shape[1]} genes from {src}")
 
     libraries = [gs.load(name) for name in dict.fromkeys(args.genesets)]  # fail early on a bad name
@@ -91,9 +94,11 @@ def run(args: argparse.Namespace) -> int:
         say(str(matched.report))
         parts = []
         if args.method in ("ora", "both"):
+            prog(f"ORA against {lib.name}")
             parts.append(gs.ora(topic_gene, genes, matched, top_n=args.top_n,
                                 min_size=args.min_size, max_size=args.max_size))
         if args.method in ("gsea", "both"):
+            prog(f"GSEA against {lib.name} ({args.permutations} permutations)")
             parts.append(gs.gsea(topic_gene, genes, matched, permutations=args.permutations,
                                  seed=args.seed, min_size=args.min_size, max_size=args.max_size,
                                  leading_edge=args.leading_edge, size_grid=args.size_grid,
@@ -120,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     kept = "" if len(table) == n_all else f" of {n_all} (FDR <= {args.max_fdr:g} or a topic's top " \
         f"{getattr(args, 'top_per_topic', 3)}; --all writes every row)"
     say(f"wrote {len(table)} rows{kept} to {out}")
+    prog.done(str(out), f"'sctopic report {args.dir}' shows each topic's enriched sets on its card")
     return 0
 
 

@@ -78,9 +78,15 @@ def run(args: argparse.Namespace) -> int:
         from sctopic.data.io import check_writable
 
         check_writable(args.json)
+    from sctopic.commands.progress import for_args
+
+    prog = for_args("evaluate", args)
     genesets = DEFAULT_GENESETS if args.genesets is None else tuple(args.genesets)
     if [g.lower() for g in genesets] == ["none"]:
         genesets = ()
+    from sctopic.genesets import load
+
+    genesets = tuple(load(g) for g in genesets)  # a bad name fails now, not after the clustering
     res = evaluate(
         args.dir,
         labels=args.labels,
@@ -95,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         fixed_resolution=args.resolution,
         tc_documents=args.tc_documents,
+        progress=prog,
     )
     text = json.dumps(res, indent=2, allow_nan=False) + "\n"
     if args.json:
@@ -104,4 +111,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {args.json}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    from pathlib import Path
+
+    folder = args.dir if Path(args.dir).is_dir() else str(Path(args.dir).parent)
+    prog.done(args.json or "stdout (JSON)",
+              f"'sctopic report {args.dir}' shows these metrics with the figures" if args.json and
+              Path(args.json).parent.resolve() == Path(folder).resolve() else
+              f"--json {folder}/evaluate.json, then 'sctopic report {args.dir}' shows them with the figures")
     return 0

@@ -66,6 +66,9 @@ def run(args) -> int:
 
     from sctopic.commands.common import verify_run_input
 
+    from sctopic.commands.progress import for_args
+
+    prog = for_args("perturb", args)
     d = Path(args.model_dir)
     verify_run_input(d)  # a folder whose files do not match its manifest is refused
     if args.data is not None:
@@ -97,11 +100,12 @@ def run(args) -> int:
                              f"(e.g. {', '.join(missing[:3])}); use cells with the model's genes, or pass "
                              "--allow-missing-genes to fill them with zeros.")
         model, cells = load_model(d, adata=adata), None
+    # No stage line before perturb_topics has checked the groups: an input error stays one line.
     res = perturb_topics(
         model, cells, group_key=args.group_key, control=args.control, target=args.target, topics=args.topics,
         shift=args.shift, n_null=args.n_null, top_n=args.top_n, seed=args.seed,
         celltype_key=args.celltype_key, null_shift=args.null_shift, min_effect=args.min_effect,
-        layer=args.layer, allow_missing_genes=allow,
+        layer=args.layer, allow_missing_genes=allow, progress=prog.enabled,
     )
     out = res.to_dict()
     out.update(model_dir=str(d), data=str(data_path), null_draws=res.null.to_dict(orient="records"))
@@ -116,6 +120,7 @@ def run(args) -> int:
 
         plots = Path(args.plots)
         plots.mkdir(parents=True, exist_ok=True)
+        prog("drawing the figures")
         coords = perturbation_umap_coords(res, seed=args.seed)
         perturbation_umap(res, coords=coords, path=plots / "perturb_umap.png")
         lfc_scatter(res, path=plots / "perturb_lfc.png")
@@ -130,4 +135,7 @@ def run(args) -> int:
     print(f"distance to target {s['distance_to_target_before']:.3g} -> {s['distance_to_target_after']:.3g}; "
           f"target-neighbour share {s['target_neighbour_share_before']:.3f} -> {s['target_neighbour_share_after']:.3f}")
     print(f"wrote {args.json}" + (f" and figures in {args.plots}" if args.plots else ""), file=sys.stderr)
+    prog.done(args.json + (f" and {args.plots}" if args.plots else ""),
+              f"look at {args.plots}/perturb_summary.png" if args.plots else
+              "add --plots DIR for the UMAP, fold-change and null figures")
     return 0

@@ -57,8 +57,17 @@ def run(args: argparse.Namespace) -> int:
 
     verify_run_input(args.dir)  # a folder whose files do not match its manifest is refused
     _preflight(args)
+    from sctopic.commands.progress import for_args
+
+    prog = for_args("report", args)
     path = build_report(args.dir, args.out, labels=args.labels, genesets=args.genesets, top_n=args.top_n,
                         gsea=args.gsea, permutations=args.permutations, fdr=args.fdr, seed=args.seed,
-                        title=args.title, layout=args.layout)
+                        title=args.title, layout=args.layout, progress=prog.enabled)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    from sctopic.report import find_evaluation
+
+    has_eval = find_evaluation(path.parent)[0] is not None
+    prog.done(str(path), "open it in a web browser" + ("" if has_eval else
+              f"; 'sctopic evaluate {args.dir} --json {path.parent}/evaluate.json' then 'sctopic report' again "
+              "adds the metrics"))
     return 0

@@ -82,4 +82,8 @@ def run(args: argparse.Namespace) -> int:
     print(res.table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"suggested K = {res.suggested_k}: {res.reason}")
     print(f"wrote {out}/stability.tsv, stability_runs.tsv, stability.json, stability.png", file=sys.stderr)
+    from sctopic.commands.progress import for_args
+
+    for_args("select-k", args).done(str(out), f"look at {out}/stability.png, then 'sctopic fit {args.data} "
+                                    f"--model {args.model} --n-topics {res.suggested_k} --out DIR'")
     return 0

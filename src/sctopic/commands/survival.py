@@ -52,6 +52,9 @@ def run(args) -> int:
         raise InputError("--plot-topic needs --plot FILE.png.")
     from sctopic.commands.common import verify_run_input
 
+    from sctopic.commands.progress import for_args
+
+    prog = for_args("survival", args)
     src = Path(args.model_dir)
     verify_run_input(src)  # a folder whose files do not match its manifest is refused
     if src.is_file() and src.suffix == ".pt":
@@ -88,6 +91,8 @@ def run(args) -> int:
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}", file=sys.stderr)
+    # Stage lines only once the inputs are known to be good, so that an input error stays one line.
+    prog(f"{scores.shape[1]} topics scored and tested; writing the table")
     table = table.sort_values("p", na_position="last", kind="stable")
     write_text_atomic(table.to_csv(sep="\t", index=False, float_format="%.6g"), args.out)
     if args.plot:
@@ -103,4 +108,7 @@ def run(args) -> int:
           f"in the bulk data); {n_sig} with FDR < 0.05")
     print(table.head(5)[["topic", "hr", "ci_low", "ci_high", "p", "fdr", "top_genes"]].to_string(index=False))
     print(f"wrote {args.out}", file=sys.stderr)
+    prog.done(args.out + (f" and {args.plot}" if args.plot else ""),
+              "the Kaplan-Meier plot of another topic: --plot FILE.png --plot-topic T" if args.plot else
+              "--plot FILE.png draws the Kaplan-Meier curves of the top topic")
     return 0

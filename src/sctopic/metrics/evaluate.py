@@ -76,6 +76,7 @@ def evaluate(
     absent: Literal["zero", "skip"] = "zero",
     tc_documents: Literal["matched", "all"] = "matched",
     asw_max_cells: int | None = 20000,
+    progress=None,
 ) -> dict:
     """Score a fitted topic model's result.
 
@@ -118,6 +119,8 @@ def evaluate(
         :func:`sctopic.metrics.topic_coherence`.
     asw_max_cells
         Cells scored by the silhouettes at most (random subset above it).
+    progress
+        Called with one message as each part finishes (e.g. the CLI's stage printer); None: silent.
 
     Returns
     -------
@@ -137,6 +140,8 @@ def evaluate(
 
     def _tick(part: str, t0: float) -> None:
         seconds[part] = round(time.perf_counter() - t0, 4)
+        if progress is not None and part != "load":  # a callable taking one message (the CLI's stage printer)
+            progress(f"{part} computed in {seconds[part]:.1f} s")
 
     t0 = time.perf_counter()
     adata = read_result(adata_or_dir)

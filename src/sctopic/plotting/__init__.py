@@ -1,5 +1,12 @@
-"""Figures (matplotlib, Agg canvas, no pyplot state): each function returns the Figure and
-saves it when given ``path``.
+"""Figures (matplotlib, Agg canvas, no pyplot state).
+
+Every function has two forms: arrays or result tables (``volcano(table, path=...)``), and, as
+``scanpy.pl``, an AnnData with keys (``volcano(adata, key="differential_topics", show=False,
+save="v.png")``; tables made by :mod:`sctopic.tl` live in ``adata.uns``). Each returns the Figure
+(None with ``show=True``) and saves it when given ``save`` (or ``path``). Figures stay readable
+from K=10 to K=200 topics: heatmaps show the topics that matter and say how many are hidden,
+legends fold small categories into "other", and point labels never overlap (see
+:mod:`sctopic.plotting.labels`).
 """
 from sctopic.plotting.differential import topic_heatmap, volcano
 from sctopic.plotting.embedding import (

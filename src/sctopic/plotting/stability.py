@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from sctopic.errors import InputError
-from sctopic.plotting.figure import new_figure, save_figure
+from sctopic.plotting.figure import finish, new_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -24,9 +24,12 @@ PANELS = (
 def stability_curves(
     result,
     *,
+    key: str | None = None,
     path: "str | os.PathLike | None" = None,
+    save: "str | os.PathLike | None" = None,
+    show: bool | None = None,
     title: str | None = None,
-) -> "Figure":
+) -> "Figure | None":
     """Stability, TD, TC and ARI against K (mean +/- sd over seeds or seed pairs).
 
     Panels whose metric was not computed (all NaN) are left out. A dashed line marks the
@@ -35,9 +38,14 @@ def stability_curves(
     Parameters
     ----------
     result
-        A :class:`sctopic.analysis.StabilityResult`, or its per-K ``table`` DataFrame.
-    path
+        A :class:`sctopic.analysis.StabilityResult`, or its per-K ``table`` DataFrame, or an
+        AnnData holding either in ``uns[key]``.
+    key
+        AnnData form: the ``uns`` key (default ``"topic_stability"``).
+    path, save
         Save the figure here (format from the suffix).
+    show
+        Display the figure (IPython) and return None.
     title
         Figure title (default: the suggestion).
 
@@ -45,6 +53,11 @@ def stability_curves(
     -------
     matplotlib.figure.Figure
     """
+    from sctopic.plotting.adata import is_anndata, uns_entry
+
+    if is_anndata(result):
+        result = uns_entry(result, key or "topic_stability",
+                           "store the result of sctopic.analysis.topic_stability there")
     table = result.table if hasattr(result, "table") else result
     if not isinstance(table, pd.DataFrame) or "k" not in table.columns or "stability_mean" not in table.columns:
         raise InputError("pass a StabilityResult or its per-K table (columns k, stability_mean, ...).")
@@ -75,4 +88,4 @@ def stability_curves(
         title = f"suggested K = {suggested}"
     if title:
         fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path)
+    return finish(fig, path=path, save=save, show=show)

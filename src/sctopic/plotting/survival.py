@@ -7,36 +7,48 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
-from sctopic.plotting.figure import new_figure, save_figure
+from sctopic.plotting.figure import finish, new_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 
 def kaplan_meier(
-    score: ArrayLike,
-    time: ArrayLike,
-    event: ArrayLike,
+    score,
+    time: ArrayLike | None = None,
+    event: ArrayLike | None = None,
     *,
+    key: str | None = None,
+    time_key: str = "time",
+    event_key: str = "event",
     topic: str = "topic",
     time_unit: str = "",
     path: "str | os.PathLike | None" = None,
+    save: "str | os.PathLike | None" = None,
+    show: bool | None = None,
     ax=None,
-) -> "Figure":
+) -> "Figure | None":
     """Kaplan-Meier curves of samples above and at-or-below the median score, with log-rank p.
 
     Parameters
     ----------
     score
-        One score per sample (e.g. a column of :func:`sctopic.analysis.score_bulk`).
+        One score per sample (e.g. a column of :func:`sctopic.analysis.score_bulk`), or a bulk
+        AnnData whose ``obs`` holds the score (``key``), the time and the event.
     time, event
         Follow-up time and event indicator (1: event).
+    key
+        AnnData form: ``obs`` column with the score (e.g. a topic's score written there).
+    time_key, event_key
+        AnnData form: ``obs`` columns with the follow-up time and the event.
     topic
         Name shown in the legend and title.
     time_unit
         Unit for the x axis label (e.g. ``"years"``).
-    path
+    path, save
         Save the figure here (ignored when ``ax`` is given).
+    show
+        Display the figure (IPython) and return None.
     ax
         Draw into this axes instead of a new figure.
 
@@ -48,7 +60,23 @@ def kaplan_meier(
     from lifelines import KaplanMeierFitter
 
     from sctopic.analysis.survival import logrank_split
+    from sctopic.plotting.adata import is_anndata
 
+    if is_anndata(score):
+        from sctopic.errors import InputError
+
+        bulk = score
+        for k, what in ((key, "key (the score column)"), (time_key, "time_key"), (event_key, "event_key")):
+            if k is None or k not in bulk.obs.columns:
+                raise InputError(f"kaplan_meier(adata, ...): {what} {k!r} is not an obs column.")
+        score = bulk.obs[key].to_numpy(dtype=float)
+        time = bulk.obs[time_key].to_numpy(dtype=float)
+        event = bulk.obs[event_key].to_numpy(dtype=float)
+        topic = key if topic == "topic" else topic
+    if time is None or event is None:
+        from sctopic.errors import InputError
+
+        raise InputError("kaplan_meier(score, time, event): time and event are needed.")
     split = logrank_split(score, time, event)
     T = np.asarray(time, dtype=float).ravel()
     E = np.asarray(event, dtype=float).ravel()
@@ -73,4 +101,4 @@ def kaplan_meier(
     ax.set_title(f"{topic}: split at median, log-rank p = {split['p']:.3g}", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     fig.logrank = {k: v for k, v in split.items() if k not in ("high", "kept")}
-    return save_figure(fig, path) if own else fig
+    return finish(fig, path=path, save=save, show=show) if own else fig
