@@ -34,7 +34,9 @@ CHOICES = ("pbmc3k", "kang8", "kang5", "baron", "pbmc68k")
 def go_bp(species: str = "human"):
     from sctopic.genesets import load
 
-    return load(f"go_bp_{species}")
+    lib = load(f"go_bp_{species}")
+    # the harness's mouse data (Baron) store mouse genes in upper case (INS1 for Ins1)
+    return lib.matching_case(True) if species == "mouse" else lib
 
 
 def ora_fraction(beta: np.ndarray, genes: list[str], library, fdr: float = 0.05) -> float:

@@ -24,6 +24,7 @@ arm_options() {
     neighbour_temperature_0.2) echo "preset=default cve_loss=neighbour temperature=0.2" ;;
     paper_warmup) echo "preset=paper ecr_delay=0.5 ecr_warmup=0.25" ;;  # the paper + the ECR warm-up
     cluster_auto) echo "preset=paper cve_weight=auto ecr_delay=0.5 ecr_warmup=0.25" ;;
+    default_log1p) echo "preset=default encoder_input=log1p" ;;     # encoder input log1p(counts scaled to 1e4)
     *) echo "unknown arm $1" >&2; return 1 ;;
   esac
 }

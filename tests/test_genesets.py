@@ -296,3 +296,25 @@ def test_enrich_does_not_import_torch(result_dir, tmp_path):
         "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_uppercase_mouse_genes_need_an_explicit_case_policy():
+    """Baron's mouse genes are stored in upper case (INS1 for Ins1): by symbols alone that looks
+    like human data, so the mouse library is refused by default (issue 18, item 8), and
+    ``matching_case(True)`` (the bench's ``case_insensitive_genes``) accepts it without changing
+    the cached library."""
+    import anndata as ad
+
+    from conftest import shared_file
+
+    genes = [str(g) for g in ad.read_h5ad(shared_file("baron_mouse_pancreas.h5ad"), backed="r").var_names]
+    genes = [g for g in genes if not g.startswith("unmapped_gene_")][:3000]
+    mouse = load("go_bp_mouse")
+    with pytest.raises(InputError, match="mostly after upper-casing"):
+        mouse.match(genes)
+    relaxed = mouse.matching_case(True)
+    m = relaxed.match(genes)
+    assert m.report.n_case_insensitive > 1000 and len(m) > 100
+    assert mouse.case_insensitive is None and load("go_bp_mouse") is mouse  # cache untouched
+    with pytest.raises(InputError, match="between 5 and 500"):  # an explicit False still wins: exact only
+        relaxed.match(genes, case_insensitive=False, min_coverage=0.0)

@@ -14,7 +14,8 @@ Schema (every field but ``datasets`` and ``methods`` is optional)::
       pbmc3k: {path: ../data/pbmc3k.h5ad, labels: cell_type, batch_key: null, n_hvg: 5000,
                layer: null}
       pbmc68k: {path: "builtin:pbmc68k_reduced", labels: cell_type}
-      baron: {path: ../data/baron.h5ad, labels: cell_type, genesets: [go_bp_mouse]}  # own libraries
+      baron: {path: ../data/baron.h5ad, labels: cell_type, genesets: [go_bp_mouse],  # own libraries
+              case_insensitive_genes: true}  # mouse genes in upper case (INS1 for Ins1)
     methods:                         # a list of built-in names, or a mapping
       sce2tm: {}                     # a built-in name: its settings, updated by params/train
       scetm: {train: {max_epochs: 800}}
@@ -71,7 +72,7 @@ _TOP_KEYS = {
     "out", "seeds", "n_topics", "genesets", "permutations", "evaluate", "train",
     "save_results", "datasets", "methods", "description",
 }
-_DATASET_KEYS = {"path", "labels", "batch_key", "n_hvg", "layer", "genesets"}
+_DATASET_KEYS = {"path", "labels", "batch_key", "n_hvg", "layer", "genesets", "case_insensitive_genes"}
 _METHOD_KEYS = {"model", "params", "train"}
 #: evaluate() arguments the runner sets itself
 _EVALUATE_RESERVED = {"adata_or_dir", "labels", "batch_key", "genesets", "model", "use_rep",
@@ -91,6 +92,9 @@ class DatasetSpec:
     layer: str | None = None
     #: gene-set libraries for this dataset (e.g. mouse GO for mouse data); None: the config's
     genesets: list[str] | None = None
+    #: match the libraries' genes ignoring case (mouse genes stored in upper case); not in the
+    #: settings hash: before it existed, matching ignored case by default, so rows stay valid
+    case_insensitive_genes: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The settings that change results (for the settings hash)."""
@@ -180,7 +184,8 @@ class BenchConfig:
             "genesets": list(self.genesets), "permutations": self.permutations,
             "evaluate": dict(self.evaluate), "train": dict(self.train),
             "save_results": self.save_results,
-            "datasets": {n: d.describe() for n, d in self.datasets.items()},
+            "datasets": {n: {**d.describe(), **({"case_insensitive_genes": True} if d.case_insensitive_genes else {})}
+                         for n, d in self.datasets.items()},
             "methods": {n: {"model": m.model, "params": m.params, "train": m.train}
                         for n, m in self.methods.items()},
         }
@@ -300,7 +305,15 @@ def _parse_dataset(chk: _Checker, name: str, entry: Any, base: Path) -> DatasetS
         n_hvg=n_hvg,
         layer=chk.string(entry.get("layer"), f"{where}.layer", optional=True),
         genesets=_parse_genesets(chk, entry["genesets"], f"{where}.genesets") if "genesets" in entry else None,
+        case_insensitive_genes=_flag(chk, entry.get("case_insensitive_genes", False),
+                                     f"{where}.case_insensitive_genes"),
     )
+
+
+def _flag(chk: _Checker, raw: Any, where: str) -> bool:
+    if not isinstance(raw, bool):
+        raise chk.fail(where, f"expected true or false, got {raw!r}")
+    return raw
 
 
 def _parse_genesets(chk: _Checker, raw: Any, where: str) -> list[str]:

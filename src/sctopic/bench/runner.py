@@ -374,7 +374,8 @@ def run_benchmark(
 
     def libraries_for(spec) -> list:
         names = cfg.genesets if spec.genesets is None else spec.genesets
-        return [loaded[n] if n in loaded else loaded.setdefault(n, gs.load(n)) for n in names]
+        libs = [loaded[n] if n in loaded else loaded.setdefault(n, gs.load(n)) for n in names]
+        return [lib.matching_case(True) for lib in libs] if spec.case_insensitive_genes else libs
     data: DatasetData | None = None
     bar = tqdm(total=len(todo), desc="bench", unit="run", disable=not progress)
     try:

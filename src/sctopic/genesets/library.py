@@ -8,6 +8,8 @@ a GMT file; :func:`gene_id_kind` tells symbols from Ensembl and Entrez IDs.
 """
 from __future__ import annotations
 
+import copy
+
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,8 @@ class GeneSetLibrary:
         if len(set(genes_arr.tolist())) != len(genes_arr):
             raise InputError("library gene identifiers must be unique")
         self.name = name
+        #: default of :meth:`match`'s ``case_insensitive`` (see :meth:`matching_case`)
+        self.case_insensitive: bool | None = None
         self.names: list[str] = names
         self.descriptions: list[str] = [str(d) for d in descriptions]
         self.genes: np.ndarray = genes_arr
@@ -154,6 +158,15 @@ class GeneSetLibrary:
         write_gmt(self, path)
 
     # ----------------------------------------------------------------- matching
+    def matching_case(self, case_insensitive: bool | None) -> "GeneSetLibrary":
+        """A copy of this library (sharing its arrays) whose :meth:`match` defaults to
+        ``case_insensitive``: ``True`` for data whose symbols are of the library's species but
+        differently cased (mouse genes stored in upper case, e.g. Baron's ``INS1`` for *Ins1*),
+        which the default refuses as another species' library."""
+        out = copy.copy(self)
+        out.case_insensitive = case_insensitive
+        return out
+
     def match(
         self,
         genes: Sequence[str],
@@ -215,6 +228,8 @@ class GeneSetLibrary:
             lib_col[j] = self._index.get(g, -1)
         n_exact = int((lib_col >= 0).sum())
         n_ci = 0
+        if case_insensitive is None:
+            case_insensitive = getattr(self, "case_insensitive", None)
         if case_insensitive is not False and n_exact < n_genes:
             lib_upper: dict[str, list[int]] = {}
             for i, g in enumerate(self.genes.tolist()):

@@ -61,6 +61,10 @@ class SCE2TM(BaseTopicModel):
         Encoder width (200), embedding width L (200), beta temperature (0.2), dropout (0).
     encoder_input
         ``"counts"`` (the reference) or ``"log1p"`` (library-normalised log1p).
+    depth_augment
+        While training, the encoder sees each cell's counts binomially thinned to a random
+        fraction in ``[depth_augment, 1)`` of its depth (the reconstruction target stays the
+        full counts), so the topic logits cannot encode sequencing depth; 0 (default): off.
     cross_view
         Use the Cross-view Encoder (``False``: the "w/o CVE" ablation).
     external_concat
@@ -108,7 +112,8 @@ class SCE2TM(BaseTopicModel):
                  ecr_weight: float = 100.0, ecr_eps: float = 0.05, ecr_grad: str = "implicit",
                  entropy_weight: float = 5.0, temperature: float = 0.5, n_neighbors: int = 15,
                  batch_key: str | None = None, seed: int = 0, backed: bool = False,
-                 preset: str = "default", cve_loss: str | None = None, cve_weight: float | str | None = None):
+                 preset: str = "default", cve_loss: str | None = None, cve_weight: float | str | None = None,
+                 depth_augment: float = 0.0):
         self._check_n_topics(n_topics)  # before reading the data: fail fast
         if not (isinstance(ecr_weight, numbers.Real) and ecr_weight >= 0 and np.isfinite(ecr_weight)):
             raise InputError(f"ecr_weight must be a finite number >= 0, got {ecr_weight!r}.")
@@ -123,6 +128,8 @@ class SCE2TM(BaseTopicModel):
         if not (cve_weight == "auto" or (isinstance(cve_weight, (int, float)) and not isinstance(cve_weight, bool)
                                          and cve_weight >= 0)):
             raise InputError(f"cve_weight must be a number >= 0 or 'auto', got {cve_weight!r}.")
+        if not (isinstance(depth_augment, numbers.Real) and 0 <= depth_augment < 1):
+            raise InputError(f"depth_augment must be a fraction in [0, 1) (0: off), got {depth_augment!r}.")
         if ecr_grad not in ECR_GRADS:
             raise InputError(f"ecr_grad must be one of {ECR_GRADS}, got {ecr_grad!r}.")
         self._setup(adata, layer, n_top_genes, backed, batch_key)
@@ -152,6 +159,7 @@ class SCE2TM(BaseTopicModel):
             cve_weight=cve_weight if cve_weight == "auto" else float(cve_weight),
             cve_weight_value=AUTO_CVE_PER_COUNT * self.mean_library_ if cve_weight == "auto" else float(cve_weight),
             n_external=0 if self.external_ is None else int(self.external_.matrix.shape[1]),
+            depth_augment=float(depth_augment),
         )
         self.graph_stats_: dict[str, dict] = {}
         with seeded(seed):
@@ -163,6 +171,7 @@ class SCE2TM(BaseTopicModel):
                  "external_concat", "ecr_eps", "ecr_grad", "entropy_weight", "temperature")
         return SCE2TMModule(n_genes=len(self.genes), n_topics=k["n_topics"], n_batches=self.n_batches,
                             cve_loss=k.get("cve_loss", "cluster"),  # files saved before it existed
+                            depth_augment=k.get("depth_augment", 0.0),
                             **{name: k[name] for name in names})
 
     def __repr__(self) -> str:

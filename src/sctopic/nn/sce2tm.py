@@ -36,6 +36,20 @@ def transform_input(x: torch.Tensor, how: str) -> torch.Tensor:
     return torch.log1p(x * (1e4 / lib)[:, None])
 
 
+def thin_counts(x: torch.Tensor, low: float) -> torch.Tensor:
+    """Binomially thin each cell's counts to a random fraction ``U(low, 1)`` of its depth.
+
+    A cell sequenced at a fraction p of its depth has counts ~ Binomial(x, p) (each molecule
+    kept independently), so the thinned copy is what the same cell would look like shallower.
+    Sparse CSR input stays sparse (thinned values may be explicit zeros)."""
+    p = torch.empty(x.shape[0], dtype=torch.float32, device=x.device).uniform_(low, 1.0)
+    if x.layout == torch.sparse_csr:
+        vals = x.values()
+        keep = torch.binomial(vals.float(), p.index_select(0, csr_row_ids(x))).to(vals.dtype)
+        return csr_tensor(x.crow_indices(), x.col_indices(), keep, x.shape)
+    return torch.binomial(x.float(), p[:, None].expand_as(x).contiguous()).to(x.dtype)
+
+
 class SCE2TMModule(TopicModule):
     """scE2TM network and losses (the module API of :mod:`sctopic.nn.base`).
 
@@ -94,8 +108,12 @@ class SCE2TMModule(TopicModule):
         temperature: float = 0.5,
         n_batches: int = 0,
         cve_loss: str = "cluster",
+        depth_augment: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= depth_augment < 1.0:
+            raise ValueError(f"depth_augment must be in [0, 1), got {depth_augment!r}")
+        self.depth_augment = float(depth_augment)
         if encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {encoder_input!r}")
         if cve_loss not in CVE_LOSSES:
@@ -115,6 +133,10 @@ class SCE2TMModule(TopicModule):
         self.prior_mu, self.prior_var = laplace_dirichlet_prior(n_topics)
 
     def encoder_in(self, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training and self.depth_augment > 0:
+            # the encoder sees a shallower copy of each cell (the reconstruction target stays
+            # the full counts), so its posterior cannot lean on sequencing depth (issue 17)
+            x = thin_counts(x, self.depth_augment)
         h = transform_input(x, self.encoder_input)
         if self.external_concat:
             if h.layout == torch.sparse_csr:
