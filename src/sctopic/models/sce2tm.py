@@ -30,8 +30,9 @@ AUTO_CVE_PER_COUNT = 0.1
 #: on pbmc3k, Kang and Baron in ``benchmarks/results/quality`` (relational cross-view
 #: distillation at a depth-scaled weight, ECR warm-up).
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": {"cve_loss": "relational", "cve_weight": "auto", "ecr_delay": 0.5, "ecr_warmup": 0.25},
-    "paper": {"cve_loss": "cluster", "cve_weight": 1.0, "ecr_delay": 0.0, "ecr_warmup": 0.0},
+    "default": {"cve_loss": "relational", "cve_weight": "auto", "ecr_delay": 0.5, "ecr_warmup": 0.25,
+                "depth_augment": 0.2},
+    "paper": {"cve_loss": "cluster", "cve_weight": 1.0, "ecr_delay": 0.0, "ecr_warmup": 0.0, "depth_augment": 0.0},
 }
 
 
@@ -64,7 +65,8 @@ class SCE2TM(BaseTopicModel):
     depth_augment
         While training, the encoder sees each cell's counts binomially thinned to a random
         fraction in ``[depth_augment, 1)`` of its depth (the reconstruction target stays the
-        full counts), so the topic logits cannot encode sequencing depth; 0 (default): off.
+        full counts), so the topic logits cannot lean on sequencing depth; 0: off. ``None``:
+        the preset's (default 0.2, paper 0).
     cross_view
         Use the Cross-view Encoder (``False``: the "w/o CVE" ablation).
     external_concat
@@ -113,7 +115,7 @@ class SCE2TM(BaseTopicModel):
                  entropy_weight: float = 5.0, temperature: float = 0.5, n_neighbors: int = 15,
                  batch_key: str | None = None, seed: int = 0, backed: bool = False,
                  preset: str = "default", cve_loss: str | None = None, cve_weight: float | str | None = None,
-                 depth_augment: float = 0.0):
+                 depth_augment: float | None = None):
         self._check_n_topics(n_topics)  # before reading the data: fail fast
         if not (isinstance(ecr_weight, numbers.Real) and ecr_weight >= 0 and np.isfinite(ecr_weight)):
             raise InputError(f"ecr_weight must be a finite number >= 0, got {ecr_weight!r}.")
@@ -123,6 +125,7 @@ class SCE2TM(BaseTopicModel):
             raise InputError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}.")
         cve_loss = PRESETS[preset]["cve_loss"] if cve_loss is None else cve_loss
         cve_weight = PRESETS[preset]["cve_weight"] if cve_weight is None else cve_weight
+        depth_augment = PRESETS[preset]["depth_augment"] if depth_augment is None else depth_augment
         if cve_loss not in CVE_LOSSES:
             raise InputError(f"cve_loss must be one of {CVE_LOSSES}, got {cve_loss!r}.")
         if not (cve_weight == "auto" or (isinstance(cve_weight, (int, float)) and not isinstance(cve_weight, bool)
