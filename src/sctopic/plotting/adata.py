@@ -82,8 +82,6 @@ def basis_coords(adata, basis: str | None, model: str | None = None, seed: int =
     theta, _, name = topics(adata, model)
     key = f"X_{name}_umap"
     if key not in adata.obsm:
-        from sctopic.plotting.embedding import umap_coords
-
         adata.obsm[key] = umap_coords(theta, seed=seed)
     return np.asarray(adata.obsm[key])[:, :2]
 
@@ -94,3 +92,32 @@ def uns_entry(adata, key: str, what: str) -> Any:
         keys = ", ".join(map(str, adata.uns.keys())) or "none"
         raise InputError(f"uns[{key!r}] not found (uns keys: {keys}); {what}.")
     return adata.uns[key]
+
+
+def umap_coords(x: np.ndarray, *, n_neighbors: int = 15, metric: str = "euclidean", seed: int = 0) -> np.ndarray:
+    """Two-dimensional UMAP (umap-learn, one thread) of the rows of ``x``.
+
+    Parameters
+    ----------
+    x
+        Rows to embed (e.g. cells x topics theta).
+    n_neighbors
+        UMAP neighbourhood (reduced automatically for few rows).
+    metric
+        Distance (``"euclidean"``, ``"cosine"``...).
+    seed
+        Random state (same seed, same layout).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, 2)`` coordinates.
+    """
+    import umap
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] < 4:
+        raise InputError(f"need at least 4 rows to embed, got shape {x.shape}.")
+    reducer = umap.UMAP(n_neighbors=int(min(n_neighbors, x.shape[0] - 1)), metric=metric,
+                        random_state=seed, n_jobs=1)
+    return np.asarray(reducer.fit_transform(x), dtype=np.float64)

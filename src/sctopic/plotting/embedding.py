@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from sctopic.errors import InputError
+from sctopic.plotting.adata import umap_coords  # noqa: F401  (public here too)
 from sctopic.plotting.figure import finish, new_figure
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,36 +31,6 @@ def palette(n: int) -> list:
         if n <= len(cols):
             return cols[:n]
     return [colormaps["hsv"](i / n) for i in range(n)]
-
-
-def umap_coords(x: np.ndarray, *, n_neighbors: int = 15, metric: str = "euclidean", seed: int = 0) -> np.ndarray:
-    """Two-dimensional UMAP (umap-learn, one thread) of the rows of ``x``.
-
-    Parameters
-    ----------
-    x
-        Rows to embed (e.g. cells x topics theta).
-    n_neighbors
-        UMAP neighbourhood (reduced automatically for few rows).
-    metric
-        Distance (``"euclidean"``, ``"cosine"``...).
-    seed
-        Random state (same seed, same layout).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n, 2)`` coordinates.
-    """
-    import umap
-
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] < 4:
-        raise InputError(f"need at least 4 rows to embed, got shape {x.shape}.")
-    reducer = umap.UMAP(n_neighbors=int(min(n_neighbors, x.shape[0] - 1)), metric=metric,
-                        random_state=seed, n_jobs=1)
-    return np.asarray(reducer.fit_transform(x), dtype=np.float64)
-
 
 
 def point_size(n: int) -> float:
