@@ -26,6 +26,14 @@ it, all applied here at import time (site-packages is never edited):
    by a verbatim copy that also records the number of Sinkhorn iterations per step, to show
    why epochs slow down late in training.  Same arithmetic, same stopping rule.
 
+Checkpoint dumps (``--dump-every N`` / ``--dump-at E1,E2``, for ``bench_time_to_quality.py``):
+the epoch-clock shim (1.) also keeps a copy of the model's ``state_dict`` at those epoch ends,
+in memory; after training each copy is loaded back and its outputs (``Runner.test`` and
+``get_topic_gene_distribution``, as for the final ones) are written under
+``checkpoints/e<EPOCH>/`` with the wall clock at that epoch in ``checkpoints.json``. The wall
+clock runs from ``--clock-start`` and leaves out the copies, the conversion of the input to the
+package's CSV files and the periodic ``evaluate()`` (``runner.Snapshots``).
+
 Outputs in ``--out``: ``theta.npy`` (softmax of the saved cell-topic matrix), ``logits.npy``
 (what the package itself saves as the "cell-topic matrix": the batch-normalised encoder mean,
 i.e. pre-softmax logits), ``topic_gene.npy`` (K x V, ``softmax(-dist/0.2)`` over TOPICS, so
@@ -51,6 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--trace-sinkhorn", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--quiet", action="store_true", help="send the package's prints to train.log only")
     p.add_argument("--keep-csv", action="store_true", help="keep the CSV inputs written for the package")
+    C.add_dump_options(p)
     return p.parse_args(argv)
 
 
@@ -60,6 +69,8 @@ class _Timeline:
     epoch_ends: list[float] = []
     evals: list[tuple[float, float]] = []
     sinkhorn_iters: list[int] = []
+    snaps: "C.Snapshots | None" = None  # checkpoint dumps (set by main)
+    model = None  # the Runner's model, for the dumps
 
 
 def install_shims(trace_sinkhorn: bool) -> None:
@@ -83,6 +94,8 @@ def install_shims(trace_sinkhorn: bool) -> None:
             out = super().step(*a, **k)
             if getattr(self, "_armed", False):
                 _Timeline.epoch_ends.append(time.perf_counter())
+                if _Timeline.snaps is not None and _Timeline.model is not None:
+                    _Timeline.snaps.take(len(_Timeline.epoch_ends), _Timeline.model.state_dict)
             return out
 
     runner_mod.StepLR = StepLRShim
@@ -105,6 +118,8 @@ def install_shims(trace_sinkhorn: bool) -> None:
         t = time.perf_counter()
         out = self.test(test_loader)
         _Timeline.evals.append((t, time.perf_counter()))
+        if _Timeline.snaps is not None:
+            _Timeline.snaps.exclude("periodic evaluate()", _Timeline.evals[-1][1] - t)
         return out
 
     runner_mod.Runner.evaluate = evaluate_shim
@@ -157,12 +172,14 @@ def write_csv_inputs(data: dict, data_dir: Path, name: str) -> None:
 
 
 def per_epoch_seconds() -> tuple[list[float], float]:
-    """Epoch durations from the scheduler clock, evaluate() time removed."""
+    """Epoch durations from the scheduler clock, evaluate() time (and the dumps' state copies)
+    removed."""
     edges = [_Timeline.created] + list(_Timeline.epoch_ends)
+    removed = list(_Timeline.evals) + (list(_Timeline.snaps.windows) if _Timeline.snaps is not None else [])
     secs = []
     for a, b in zip(edges[:-1], edges[1:]):
         d = b - a
-        for s, e in _Timeline.evals:
+        for s, e in removed:
             d -= max(0.0, min(b, e) - max(a, s))
         secs.append(d)
     eval_total = sum(e - s for s, e in _Timeline.evals)
@@ -182,8 +199,11 @@ def main(argv=None) -> int:
     if data["embedding"].shape[1] != 512:
         # CrossModalClusterHead is hard-wired to input_dim=512 in sce2tm 1.2.3
         raise SystemExit(f"sce2tm needs a 512-d external embedding, got {data['embedding'].shape[1]}")
+    snaps = C.Snapshots(args)
     data_dir = out / "data"
+    t_csv = time.perf_counter()
     write_csv_inputs(data, data_dir, args.name)
+    snaps.exclude("input conversion to the package's CSV files", time.perf_counter() - t_csv)
     del data
     clock.lap("write_csv")
 
@@ -228,6 +248,8 @@ def main(argv=None) -> int:
         a.vocab_size = handler.expression_data.shape[1]
         a.gene_embeddings = handler.gene_embeddings
         runner = Runner(a)
+        if snaps.enabled:
+            _Timeline.snaps, _Timeline.model = snaps, runner.model
         setup_seconds = time.perf_counter() - t_setup0
         rss_before_train = C.current_rss_mib()
         peak_before_train = C.peak_rss_mib()
@@ -245,6 +267,18 @@ def main(argv=None) -> int:
         t_inf0 = time.perf_counter()
         logits = runner.test(handler.test_loader)
         infer_seconds = time.perf_counter() - t_inf0
+
+        if snaps.enabled:
+            final = {k: v.detach().clone() for k, v in runner.model.state_dict().items()}
+
+            def outputs(state):
+                runner.model.load_state_dict(state)
+                lg = runner.test(handler.test_loader)  # eval mode: the encoder mean, as the final output
+                with torch.no_grad():
+                    tg = runner.model.get_topic_gene_distribution().detach().cpu().numpy()
+                return {"theta": C.softmax_rows(lg), "logits": lg, "topic_gene": tg}
+
+            snaps.write(out, outputs, restore=lambda: runner.model.load_state_dict(final))
     logbuf.close()
 
     theta = C.softmax_rows(logits)

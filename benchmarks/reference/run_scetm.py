@@ -23,6 +23,13 @@ Shims: none are needed for training on torch 2.13 (its trainer uses no ``verbose
 scheduler).  ``eval=False`` skips the package's periodic Leiden/UMAP evaluation (not
 training); nothing is checkpointed (``ckpt_dir=None``).
 
+Checkpoint dumps (``--dump-every N`` / ``--dump-at E1,E2``, for ``bench_time_to_quality.py``):
+the per-step clock also keeps a copy of the model's ``state_dict`` after the step at which the
+fractional epoch first reaches each dump epoch, in memory (its time is left out of the clock);
+after training each copy is loaded back and its outputs (``get_cell_embeddings_and_nll`` and
+``alpha @ rho``, as for the final ones) are written under ``checkpoints/e<EPOCH>/`` with the
+wall clock from ``--clock-start`` in ``checkpoints.json`` (``runner.Snapshots``).
+
 Outputs in ``--out``: ``theta.npy`` (softmax of the encoder mean, as scETM's own eval-mode
 ``theta``), ``logits.npy`` (``delta`` = encoder mean, what scETM clusters on by default),
 ``topic_gene.npy`` (``alpha @ rho``, K x V, unnormalised; ``topic_gene_softmax.npy`` is its
@@ -43,11 +50,13 @@ def parse_args(argv=None):
     p.add_argument("--n-samplers", type=int, default=4, help="scETM's default is 4 threads")
     p.add_argument("--batch-key", default=None,
                    help="use the 'batches' array of input.npz as scETM's batch (intercepts)")
+    C.add_dump_options(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    snaps = C.Snapshots(args)
     out, data = C.start(args)
 
     import anndata as ad
@@ -90,10 +99,18 @@ def main(argv=None) -> int:
         # per-step clock: wrap the model's train_step (called once per minibatch)
         stamps: list[tuple[float, float]] = []  # (time after step, epoch after step)
         _train_step = model.train_step
+        copies = [0.0]  # seconds spent copying states for the dumps, left out of the clock
 
         def timed_train_step(*a, **k):
             rec = _train_step(*a, **k)
-            stamps.append((time.perf_counter(), (trainer.step + 1) / trainer.steps_per_epoch))
+            epoch = (trainer.step + 1) / trainer.steps_per_epoch
+            prev = stamps[-1][1] if stamps else 0.0
+            stamps.append((time.perf_counter() - copies[0], epoch))
+            for e in snaps.epochs:  # the dump epochs this step reached
+                if prev < e - 1e-9 <= epoch:
+                    t = time.perf_counter()
+                    snaps.take(e, model.state_dict, fractional_epoch=epoch)
+                    copies[0] += time.perf_counter() - t
             return rec
 
         model.train_step = timed_train_step
@@ -104,7 +121,7 @@ def main(argv=None) -> int:
             n_epochs=args.epochs, eval=False, save_model_ckpt=False, n_samplers=args.n_samplers,
             eval_every=args.epochs, batch_col="batch_indices",
         )
-        t_train1 = time.perf_counter()
+        t_train1 = time.perf_counter() - copies[0]
         peak_after_train = C.peak_rss_mib()
 
         t_inf0 = time.perf_counter()
@@ -115,6 +132,20 @@ def main(argv=None) -> int:
         infer_seconds = time.perf_counter() - t_inf0
         with torch.no_grad():
             beta = (model.alpha @ model.rho).detach().cpu().numpy()
+
+        if snaps.enabled:
+            final = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+            def outputs(state):
+                model.load_state_dict(state)
+                e, _ = model.get_cell_embeddings_and_nll(
+                    adata, batch_size=args.batch_size, emb_names=["delta", "theta"], inplace=False,
+                    batch_col="batch_indices")
+                with torch.no_grad():
+                    tg = (model.alpha @ model.rho).detach().cpu().numpy()
+                return {"theta": e["theta"], "logits": e["delta"], "topic_gene": tg}
+
+            snaps.write(out, outputs, restore=lambda: model.load_state_dict(final))
     logfh.close()
 
     train_seconds = t_train1 - t_train0

@@ -9,6 +9,13 @@ same way as the reference packages'::
 
 Training seconds are the sum of ``model.history["epoch_seconds"]`` (the training loop);
 ``setup_seconds`` is the rest of ``model.train()`` (graph building, data placement).
+
+By default the model sees the input's 512-d external view (``obsm["X_svd512"]``) and halves the
+learning rate every 125 epochs, as the reference does; ``--external-key none --lr-step-epochs -1``
+gives SCE2TM's own defaults (the offline PCA view, halving every quarter of the epochs), which
+``bench_time_to_quality.py`` uses. ``--dump-every`` / ``--dump-at`` keep the model's state at
+those epochs (``runner.hook_sctopic_epoch_ends``: a copy in memory) and write each
+checkpoint's outputs after training (``runner.Snapshots``).
 """
 from __future__ import annotations
 
@@ -21,6 +28,13 @@ import runner as C  # this folder is sys.path[0] when the runner runs as a file
 def parse_args(argv=None):
     p = C.runner_parser(__doc__, epochs=200, batch_size=512)
     p.add_argument("--precision", default="32", help="32 or bf16 (SCE2TM.train(precision=...))")
+    p.add_argument("--external-key", default="X_svd512",
+                   help="SCE2TM's external_key: X_svd512 (the input's view, as the reference) or 'none' "
+                        "(SCE2TM's default: the offline PCA view)")
+    p.add_argument("--lr-step-epochs", type=int, default=125,
+                   help="halve the learning rate every N epochs (125: the reference's; -1: SCE2TM's "
+                        "default, a quarter of the epochs)")
+    C.add_dump_options(p)
     return p.parse_args(argv)
 
 
@@ -43,16 +57,20 @@ def main(argv=None) -> int:
     adata.obsm["X_svd512"] = data["embedding"]
     del data
 
+    snaps = C.Snapshots(args)
+    external_key = None if args.external_key.lower() in ("none", "default") else args.external_key
     t0 = time.perf_counter()
-    model = sctopic.SCE2TM(adata, n_topics=args.n_topics, external_key="X_svd512",
+    model = sctopic.SCE2TM(adata, n_topics=args.n_topics, external_key=external_key,
                            n_top_genes=None)  # the input's genes, as every contender
+    if snaps.enabled:
+        C.hook_sctopic_epoch_ends(lambda epoch: snaps.take(epoch, model.module.state_dict))
     t_init = time.perf_counter() - t0
     rss_before_train = C.current_rss_mib()
     peak_before_train = C.peak_rss_mib()
     t1 = time.perf_counter()
-    # Same schedule as the reference: halve the learning rate every 125 epochs.
-    model.train(max_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lr_step_epochs=125,
-                precision=args.precision)
+    # By default the reference's schedule: halve the learning rate every 125 epochs.
+    model.train(max_epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                lr_step_epochs=args.lr_step_epochs, precision=args.precision)
     train_call_seconds = time.perf_counter() - t1
     peak_after_train = C.peak_rss_mib()
 
@@ -71,6 +89,16 @@ def main(argv=None) -> int:
     C.save_npy(out / "topic_gene.npy", beta_np)
     C.save_npy(out / "logits.npy", logits)
 
+    if snaps.enabled:
+        final = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+
+        def outputs(state):
+            model.module.load_state_dict(state)
+            return {"theta": model.get_cell_topics(), "logits": model.get_cell_topics(logits=True),
+                    "topic_gene": model.get_topic_gene().to_numpy()}
+
+        snaps.write(out, outputs, restore=lambda: model.module.load_state_dict(final))
+
     extra = {f"history_{key}": hist[key].tolist()
              for key in ("sinkhorn_iterations", "graph", "graph_components", "n_components") if key in hist}
     extra["graph_info"] = model.graph_stats_
@@ -78,6 +106,9 @@ def main(argv=None) -> int:
     timings = {
         **C.run_settings("sctopic", args, n_cells, n_genes),
         "precision": args.precision,
+        "external_key": model.init_params["external_key"],
+        "lr_step_epochs": args.lr_step_epochs,
+        "defaults": {"max_epochs": 500, "batch_size": 512, "note": "SCE2TM.train's defaults"},
         "train_seconds": train_seconds,
         "train_call_seconds": train_call_seconds,
         "setup_seconds": t_init + max(0.0, train_call_seconds - train_seconds),

@@ -9,7 +9,9 @@ Runs in the project environment, in its own process (peak RSS measured like the 
 Settings are scETM 0.5.0's defaults, which are also SCETM's: 2000 cells per batch, Adam lr
 5e-3 decayed by exp(-6e-5) per step, KL weight warmed to 1e-7 over the first third, encoder
 hidden 128 with dropout 0.1, gene embedding 400, library-normalised input and loss.
-Training seconds are the sum of ``model.history["epoch_seconds"]``.
+Training seconds are the sum of ``model.history["epoch_seconds"]``. ``--dump-every`` /
+``--dump-at`` keep the model's state at those epochs and write each checkpoint's outputs after
+training (as ``run_sctopic.py``; ``runner.Snapshots``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import runner as C  # this folder is sys.path[0] when the runner runs as a file
 def main(argv=None) -> int:
     p = C.runner_parser(__doc__, epochs=800, batch_size=2000)
     p.add_argument("--batch-key", action="store_true", help="batch intercepts from the npz 'batches'")
+    C.add_dump_options(p)
     args = p.parse_args(argv)
     out, data = C.start(args)
 
@@ -37,9 +40,12 @@ def main(argv=None) -> int:
         obs["batch"] = data["batches"]
     adata = ad.AnnData(X=data["X"], obs=obs, var=pd.DataFrame(index=data["genes"]))
     del data
+    snaps = C.Snapshots(args)
     t0 = time.perf_counter()
     model = sctopic.SCETM(adata, n_topics=args.n_topics, batch_key="batch" if args.batch_key else None,
                           seed=args.seed, n_top_genes=None)  # the input's genes, as scetm
+    if snaps.enabled:
+        C.hook_sctopic_epoch_ends(lambda epoch: snaps.take(epoch, model.module.state_dict))
     t_init = time.perf_counter() - t0
     peak_before_train = C.peak_rss_mib()
     t1 = time.perf_counter()
@@ -54,6 +60,15 @@ def main(argv=None) -> int:
     C.save_npy(out / "logits.npy", logits.astype(np.float32))
     C.save_npy(out / "theta.npy", model.get_cell_topics().astype(np.float32))
     C.save_npy(out / "topic_gene.npy", model.get_topic_gene().to_numpy().astype(np.float32))
+    if snaps.enabled:
+        final = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+
+        def outputs(state):
+            model.module.load_state_dict(state)
+            return {"theta": model.get_cell_topics(), "logits": model.get_cell_topics(logits=True),
+                    "topic_gene": model.get_topic_gene().to_numpy()}
+
+        snaps.write(out, outputs, restore=lambda: model.module.load_state_dict(final))
     timings = {
         **C.run_settings("sctopic_scetm", args, n_cells, n_genes), "n_batches": model.n_batches,
         "train_seconds": train_seconds, "train_call_seconds": train_call_seconds,

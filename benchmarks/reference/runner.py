@@ -3,16 +3,19 @@ run_sctopic_scetm.py), on top of ``benchmarks/harness.py``.
 
 Each runner runs in its own virtual environment (the authors' packages need their own), so
 this module and the harness use only the standard library and numpy (torch once the runner
-has pinned the threads); neither imports sctopic. From the harness: the input format written
+has pinned the threads); neither imports sctopic (only :func:`hook_sctopic_epoch_ends`
+does, when the sctopic runners call it). From the harness: the input format written
 by ``benchmarks/bench_vs_reference.py`` (``load_input``: one ``input.npz``, no pickled
 objects), thread pinning, peak and current RSS, atomic writes. Here: the runners' common
 options and start (:func:`runner_parser`, :func:`start`), per-epoch timing summaries, the
-``.npy``/``timings.json`` writers, the versions of the packages a runner used.
+``.npy``/``timings.json`` writers, the versions of the packages a runner used, and the
+checkpoint dumps of ``bench_time_to_quality.py`` (:func:`add_dump_options`, :class:`Snapshots`).
 """
 from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,6 +33,10 @@ from harness import (  # noqa: E402,F401  (re-exported for the runners)
     write_json,
 )
 
+#: wall clock (``time.time()``) when this module was imported: the origin of the dumps' clock
+#: unless the caller passes ``--clock-start`` (its clock just before it started the process)
+IMPORTED_AT = time.time()
+
 
 def runner_parser(doc: str, *, epochs: int = 200, batch_size: int = 512, batch_help: str | None = None):
     """The options every runner takes: --input --out --epochs --seed --threads --n-topics --batch-size."""
@@ -38,6 +45,134 @@ def runner_parser(doc: str, *, epochs: int = 200, batch_size: int = 512, batch_h
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
     return p
+
+
+def add_dump_options(p) -> None:
+    """``--dump-every``, ``--dump-at`` and ``--clock-start`` (see :class:`Snapshots`)."""
+    p.add_argument("--dump-every", type=int, default=0,
+                   help="keep the model's state every N epochs (and at the last epoch); after training, "
+                        "write theta/logits/topic-gene of each under OUT/checkpoints/e<EPOCH>/ (0: never)")
+    p.add_argument("--dump-at", default="",
+                   help="comma-separated epochs at which to keep the state as well (e.g. 10,25,50)")
+    p.add_argument("--clock-start", type=float, default=None,
+                   help="time.time() when the caller started this process: the origin of the dumps' "
+                        "wall clock (default: when the runner's helper module was imported)")
+
+
+def dump_epochs(epochs: int, every: int = 0, at: str | list = "") -> list[int]:
+    """The epochs (1-based, <= ``epochs``) at which to dump: multiples of ``every`` plus the last
+    one, and those listed in ``at``."""
+    chosen = set()
+    if every and every > 0:
+        chosen.update(range(every, epochs + 1, every))
+        chosen.add(epochs)
+    items = at.split(",") if isinstance(at, str) else list(at)
+    for item in items:
+        if str(item).strip():
+            e = int(item)
+            if not 1 <= e <= epochs:
+                raise SystemExit(f"--dump-at epoch {e} is outside 1..{epochs}")
+            chosen.add(e)
+    return sorted(chosen)
+
+
+class Snapshots:
+    """Checkpoint dumps for time-to-quality, with no file I/O during training.
+
+    At each chosen epoch end the runner calls :meth:`take` with the model's ``state_dict``: a
+    copy is kept in memory together with the wall-clock seconds since the start
+    (``--clock-start``) minus everything :meth:`exclude`-d so far (the copies themselves, the
+    input conversion of a reference package, its periodic evaluation). After training,
+    :meth:`write` loads each state back into the model and writes its outputs
+    (``theta.npy``, ``logits.npy``, ``topic_gene.npy``) under ``out/checkpoints/e<EPOCH>/``
+    and a list of them in ``out/checkpoints.json``.
+    """
+
+    def __init__(self, args) -> None:
+        self.epochs = dump_epochs(args.epochs, getattr(args, "dump_every", 0), getattr(args, "dump_at", ""))
+        start = getattr(args, "clock_start", None)
+        self.clock_start = IMPORTED_AT if start is None else float(start)
+        self.clock_origin = "--clock-start (the caller, just before it started this process)" \
+            if start is not None else "import of the runner's helper module"
+        self.excluded: dict[str, float] = {}
+        self.items: list[dict] = []
+        self.windows: list[tuple[float, float]] = []  # perf_counter windows of the copies
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.epochs)
+
+    def exclude(self, what: str, seconds: float) -> None:
+        """Leave ``seconds`` of ``what`` out of the wall clock from now on."""
+        self.excluded[what] = self.excluded.get(what, 0.0) + float(seconds)
+
+    def elapsed(self) -> float:
+        """Wall seconds since the start, less what was excluded so far."""
+        return time.time() - self.clock_start - sum(self.excluded.values())
+
+    def take(self, epoch: int, state_dict, **extra) -> bool:
+        """Keep a copy of ``state_dict()`` if ``epoch`` is a dump epoch (once per epoch)."""
+        if epoch not in self.epochs or any(it["epoch"] == epoch for it in self.items):
+            return False
+        t0 = time.perf_counter()
+        wall = self.elapsed()
+        state = {k: v.detach().clone() for k, v in state_dict().items()}
+        self.items.append({"epoch": int(epoch), "wall_seconds": wall, "state": state, **extra})
+        t1 = time.perf_counter()
+        self.windows.append((t0, t1))
+        self.exclude("state copies", t1 - t0)
+        return True
+
+    def write(self, out: Path, outputs, restore=None) -> list[dict]:
+        """For each kept state: ``outputs(state) -> {name: array}`` written as ``<name>.npy`` into
+        ``out/checkpoints/e<EPOCH>/``; ``restore()`` afterwards (e.g. reload the final weights).
+        Writes ``out/checkpoints.json`` and returns its entries."""
+        rows = []
+        t0 = time.perf_counter()
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # never mix with an earlier run's
+        for it in self.items:
+            d = out / "checkpoints" / f"e{it['epoch']:05d}"
+            d.mkdir(parents=True, exist_ok=True)
+            files = {}
+            for name, arr in outputs(it["state"]).items():
+                save_npy(d / f"{name}.npy", np.asarray(arr, dtype=np.float32))
+                files[name] = f"{d.name}/{name}.npy"
+            rows.append({k: v for k, v in it.items() if k != "state"} | {"files": files})
+        if restore is not None:
+            restore()
+        meta = {"clock_origin": self.clock_origin, "clock_start": self.clock_start,
+                "excluded_seconds": self.excluded, "dump_epochs": self.epochs,
+                "write_seconds": time.perf_counter() - t0, "checkpoints": rows,
+                "note": "wall_seconds: from the clock origin to the end of that epoch, less the "
+                        "excluded seconds accumulated until then (state copies, input conversion, "
+                        "a package's periodic evaluation); the outputs were computed after training "
+                        "from the copied state"}
+        save_json(out / "checkpoints.json", meta)
+        return rows
+
+
+def hook_sctopic_epoch_ends(callback) -> None:
+    """sctopic runners: chain ``callback(epoch)`` after the ``on_epoch_end`` hook that
+    :meth:`sctopic.train.Trainer.fit` is given (the checkpoint writer), changing nothing else of
+    the training; torch's random stream is saved and restored around the callback."""
+    import torch
+    from sctopic.train import Trainer
+
+    fit = Trainer.fit
+
+    def fit_with_hook(self, epoch_batches, max_epochs, step_kwargs=None, progress=True, on_epoch_end=None,
+                      extra_stats=None):
+        def chained(epoch):
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+            rng = torch.get_rng_state()
+            callback(epoch)
+            torch.set_rng_state(rng)
+
+        return fit(self, epoch_batches, max_epochs, step_kwargs=step_kwargs, progress=progress,
+                   on_epoch_end=chained, extra_stats=extra_stats)
+
+    Trainer.fit = fit_with_hook
 
 
 def start(args) -> tuple[Path, dict]:
