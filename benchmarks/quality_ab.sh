@@ -25,6 +25,10 @@ arm_options() {
     paper_warmup) echo "preset=paper ecr_delay=0.5 ecr_warmup=0.25" ;;  # the paper + the ECR warm-up
     cluster_auto) echo "preset=paper cve_weight=auto ecr_delay=0.5 ecr_warmup=0.25" ;;
     default_log1p) echo "preset=default encoder_input=log1p" ;;     # encoder input log1p(counts scaled to 1e4)
+    # arms on top of the depth-augmented default (depth_augment=0.2 since 23cc115)
+    depth02) echo "preset=default" ;;
+    cellw) echo "preset=default recon_weighting=cell" ;;            # every cell weighs the same in the NLL
+    log1p_thin) echo "preset=default encoder_input=log1p" ;;        # log1p input and thinning together
     *) echo "unknown arm $1" >&2; return 1 ;;
   esac
 }

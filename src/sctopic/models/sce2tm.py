@@ -16,7 +16,7 @@ from sctopic.external import resolve_view
 from sctopic.external.validate import check_backed_view, view_for_new_cells
 from sctopic.models.base import BaseTopicModel
 from sctopic.models.batches import cross_view_batches, plain_batches
-from sctopic.nn.sce2tm import CVE_LOSSES, SCE2TMModule
+from sctopic.nn.sce2tm import CVE_LOSSES, RECON_WEIGHTINGS, SCE2TMModule
 from sctopic.nn.sinkhorn import ECR_GRADS
 from sctopic.train.plan import Optimisation, TrainingPlan
 from sctopic.train.schedules import Constant, warmup
@@ -31,8 +31,9 @@ AUTO_CVE_PER_COUNT = 0.1
 #: distillation at a depth-scaled weight, ECR warm-up).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"cve_loss": "relational", "cve_weight": "auto", "ecr_delay": 0.5, "ecr_warmup": 0.25,
-                "depth_augment": 0.2},
-    "paper": {"cve_loss": "cluster", "cve_weight": 1.0, "ecr_delay": 0.0, "ecr_warmup": 0.0, "depth_augment": 0.0},
+                "depth_augment": 0.2, "recon_weighting": "count"},
+    "paper": {"cve_loss": "cluster", "cve_weight": 1.0, "ecr_delay": 0.0, "ecr_warmup": 0.0, "depth_augment": 0.0,
+              "recon_weighting": "count"},
 }
 
 
@@ -67,6 +68,10 @@ class SCE2TM(BaseTopicModel):
         fraction in ``[depth_augment, 1)`` of its depth (the reconstruction target stays the
         full counts), so the topic logits cannot lean on sequencing depth; 0: off. ``None``:
         the preset's (default 0.2, paper 0).
+    recon_weighting
+        ``"count"``: the reconstruction sums the NLL over counts (the reference: deep cells weigh
+        more) or ``"cell"``: each cell's NLL is divided by its depth (times the mean depth), so
+        every cell weighs the same, as in scETM. ``None``: the preset's.
     cross_view
         Use the Cross-view Encoder (``False``: the "w/o CVE" ablation).
     external_concat
@@ -115,7 +120,7 @@ class SCE2TM(BaseTopicModel):
                  entropy_weight: float = 5.0, temperature: float = 0.5, n_neighbors: int = 15,
                  batch_key: str | None = None, seed: int = 0, backed: bool = False,
                  preset: str = "default", cve_loss: str | None = None, cve_weight: float | str | None = None,
-                 depth_augment: float | None = None):
+                 depth_augment: float | None = None, recon_weighting: str | None = None):
         self._check_n_topics(n_topics)  # before reading the data: fail fast
         if not (isinstance(ecr_weight, numbers.Real) and ecr_weight >= 0 and np.isfinite(ecr_weight)):
             raise InputError(f"ecr_weight must be a finite number >= 0, got {ecr_weight!r}.")
@@ -126,6 +131,9 @@ class SCE2TM(BaseTopicModel):
         cve_loss = PRESETS[preset]["cve_loss"] if cve_loss is None else cve_loss
         cve_weight = PRESETS[preset]["cve_weight"] if cve_weight is None else cve_weight
         depth_augment = PRESETS[preset]["depth_augment"] if depth_augment is None else depth_augment
+        recon_weighting = PRESETS[preset]["recon_weighting"] if recon_weighting is None else recon_weighting
+        if recon_weighting not in RECON_WEIGHTINGS:
+            raise InputError(f"recon_weighting must be one of {RECON_WEIGHTINGS}, got {recon_weighting!r}.")
         if cve_loss not in CVE_LOSSES:
             raise InputError(f"cve_loss must be one of {CVE_LOSSES}, got {cve_loss!r}.")
         if not (cve_weight == "auto" or (isinstance(cve_weight, (int, float)) and not isinstance(cve_weight, bool)
@@ -162,7 +170,8 @@ class SCE2TM(BaseTopicModel):
             cve_weight=cve_weight if cve_weight == "auto" else float(cve_weight),
             cve_weight_value=AUTO_CVE_PER_COUNT * self.mean_library_ if cve_weight == "auto" else float(cve_weight),
             n_external=0 if self.external_ is None else int(self.external_.matrix.shape[1]),
-            depth_augment=float(depth_augment),
+            depth_augment=float(depth_augment), recon_weighting=recon_weighting,
+            mean_library=float(self.mean_library_),
         )
         self.graph_stats_: dict[str, dict] = {}
         with seeded(seed):
@@ -175,6 +184,8 @@ class SCE2TM(BaseTopicModel):
         return SCE2TMModule(n_genes=len(self.genes), n_topics=k["n_topics"], n_batches=self.n_batches,
                             cve_loss=k.get("cve_loss", "cluster"),  # files saved before it existed
                             depth_augment=k.get("depth_augment", 0.0),
+                            recon_weighting=k.get("recon_weighting", "count"),
+                            mean_library=k.get("mean_library", 1.0),
                             **{name: k[name] for name in names})
 
     def __repr__(self) -> str:

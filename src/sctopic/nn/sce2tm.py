@@ -21,6 +21,7 @@ from sctopic.nn.sinkhorn import ECR
 from sctopic.utils.sparse import csr_head, csr_row_ids, csr_tensor, row_sums
 
 ENCODER_INPUTS = ("counts", "log1p")
+RECON_WEIGHTINGS = ("count", "cell")
 CVE_LOSSES = ("cluster", "neighbour", "relational")
 
 
@@ -88,6 +89,14 @@ class SCE2TMModule(TopicModule):
         their topic logits; no cluster head).
     n_batches
         Per-batch gene intercepts in the decoder (0: none).
+    depth_augment
+        Binomial thinning of the encoder's input while training (see :func:`thin_counts`).
+    recon_weighting
+        ``"count"``: the multinomial NLL summed over counts (the reference; deep cells weigh
+        more) or ``"cell"``: each cell's NLL divided by its depth and multiplied by
+        ``mean_library`` (every cell weighs the same, as scETM's normed loss).
+    mean_library
+        Mean counts per cell of the training data (the scale of ``"cell"``).
     """
 
     def __init__(
@@ -109,8 +118,15 @@ class SCE2TMModule(TopicModule):
         n_batches: int = 0,
         cve_loss: str = "cluster",
         depth_augment: float = 0.0,
+        recon_weighting: str = "count",
+        mean_library: float = 1.0,
     ):
         super().__init__()
+        if recon_weighting not in RECON_WEIGHTINGS:
+            raise ValueError(f"recon_weighting must be one of {RECON_WEIGHTINGS}, got {recon_weighting!r}")
+        if not mean_library > 0:
+            raise ValueError(f"mean_library must be > 0, got {mean_library!r}")
+        self.recon_weighting, self.mean_library = recon_weighting, float(mean_library)
         if not 0.0 <= depth_augment < 1.0:
             raise ValueError(f"depth_augment must be in [0, 1), got {depth_augment!r}")
         self.depth_augment = float(depth_augment)
@@ -212,7 +228,12 @@ class SCE2TMModule(TopicModule):
 
         cost = self.decoder.cost()
         beta = self.decoder.beta(cost)
-        recon = self.decoder.nll(x_anchor, theta, beta, batch).mean()
+        nll = self.decoder.nll(x_anchor, theta, beta, batch)
+        if self.recon_weighting == "cell":
+            # every cell weighs the same (scETM's normed loss), rescaled by the training data's
+            # mean depth so the loss keeps its scale against the KL and the CVE
+            nll = nll * (self.mean_library / row_sums(x_anchor).clamp_min(1.0))
+        recon = nll.mean()
         out = {"reconstruction": recon, "kl": kl}
         loss = recon + kl
         if ecr_weight > 0:
