@@ -18,7 +18,11 @@ _CLASSES = {"sce2tm": "SCE2TM", "scetm": "SCETM"}
 #: CLI destination -> model parameter, for flags whose default is the model's own.
 _MODEL_PARAMS = {"n_topics": "n_topics", "n_hvg": "n_top_genes", "seed": "seed", "ecr_weight": "ecr_weight",
                  "ecr_grad": "ecr_grad", "encoder_input": "encoder_input", "max_epochs": "max_epochs",
-                 "batch_size": "batch_size", "lr": "lr"}
+                 "batch_size": "batch_size", "lr": "lr", "early_stopping": "early_stopping",
+                 "lr_schedule": "lr_schedule"}
+
+#: ``--lr-schedule`` choices (each model accepts its own subset; see their ``train()``).
+LR_SCHEDULES = ("step", "exponential", "constant", "cosine", "onecycle")
 
 
 def model_defaults(model: str) -> dict:
@@ -63,6 +67,17 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: the model's; 1e-3 for sce2tm, 5e-3 for scetm)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the model's, 0)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="learning-rate schedule (default: the model's own: 'step' for sce2tm, halving "
+                        "every quarter of the epochs; 'exponential' for scetm). 'cosine': linear warm-up "
+                        "over 5%% of the steps, then cosine decay to 1%% of --lr; 'onecycle': PyTorch's "
+                        "one-cycle policy peaking at --lr after 25%% of the steps; 'constant'. sce2tm "
+                        "offers step, constant, cosine and onecycle; scetm all five")
+    p.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold 10%% of the cells out of training (seeded), check their mean reconstruction "
+                        "NLL every 5 epochs, stop after 3 checks without a 0.1%% improvement and keep the "
+                        "best check's weights; train.json records stopped_epoch and best_epoch (default: "
+                        "the model's, off; not with --devices)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--ecr-weight", type=float, default=None, help="ECR weight lambda (default: the model's, 100; 0: w/o ECR)")
     p.add_argument("--preset", choices=("default", "paper"), default=None,
@@ -216,6 +231,9 @@ def fit_and_write(adata, args, out: Path, progress: bool = True, *, command: str
     if getattr(args, "compile", False):
         train["compile"] = True
         train["storage"] = "dense"
+    for name in ("lr_schedule", "early_stopping"):  # absent from older callers' namespaces (demo)
+        if getattr(args, name, None) is not None:
+            train[name] = getattr(args, name)
     model.train(**train, device=args.device, seed=args.seed, progress=progress,
                 checkpoint_path=ckpt, checkpoint_every=every, resume=resume, distributed=backend)
     settings = {**model.init_params, **model.train_settings_}
@@ -253,6 +271,8 @@ def fit_and_write(adata, args, out: Path, progress: bool = True, *, command: str
             "seconds_training": model.train_seconds_,
             "seconds_per_epoch": sum(epoch_s) / max(len(epoch_s), 1),
             "final_losses": {k: v[-1] for k, v in hist.items() if k not in ("epoch_seconds", "lr")},
+            # stopped_epoch, best_epoch...: only with early stopping (None when off)
+            "early_stopping": getattr(model, "early_stopping_", None),
             "distributed": dist_info,
             "run_id": writer.run_id,
             "resumes": list(model.resumes_),
@@ -292,7 +312,9 @@ def _relaunch_argv(args, parser: argparse.ArgumentParser) -> list[str]:
         if value == action.default or value is None:
             continue
         flag = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             argv.append(flag)
         else:
             argv += [flag, str(value)]

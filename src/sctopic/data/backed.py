@@ -456,6 +456,17 @@ class BackedMinibatches:
                 self._pool = self._pool_ids = None
             self._far_reader = None
 
+    def count_batches(self, batch_size: int) -> int:
+        """Minibatches per epoch, estimated with the blocks pooled in file order (the shuffled
+        pools of an epoch hold the same blocks in other groupings, so the count may differ by
+        one per pool)."""
+        n_blocks = len(self.bounds) - 1
+        total = 0
+        for i in range(0, n_blocks, self.pool_blocks):
+            size = int(self.bounds[min(i + self.pool_blocks, n_blocks)] - self.bounds[i])
+            total += max(1, -(-size // batch_size))
+        return total
+
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Counts of rows ``idx`` as a minibatch tensor in the chosen layout."""
         return self.fetch(idx)()

@@ -141,6 +141,18 @@ def batch_indices(
         yield order[s:e]
 
 
+def count_batches(n: int, batch_size: int, min_size: int = 1) -> int:
+    """Number of minibatches :func:`batch_indices` yields for ``n`` cells (``drop_last=False``),
+    not counting a last one smaller than ``min_size`` (which distributed training skips)."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < 2:
+        starts.pop()
+    if not starts:
+        return 0
+    last = n - starts[-1]
+    return len(starts) - (1 if last < min_size else 0)
+
+
 def sample_neighbours(
     neighbours: torch.Tensor, degree: torch.Tensor, idx: torch.Tensor, generator: torch.Generator | None
 ) -> torch.Tensor:

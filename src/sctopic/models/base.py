@@ -29,6 +29,7 @@ from sctopic.data.outputs import write_outputs
 from sctopic.errors import InputError, SctopicError
 from sctopic.models.inputs import aligned_counts, batch_codes, training_counts
 from sctopic.train.data import is_backed
+from sctopic.train.early_stopping import EarlyStopping
 from sctopic.train.plan import BatchBuilder, RunOptions, TrainingPlan, run_plan
 
 FORMAT = "sctopic-model"
@@ -61,6 +62,14 @@ class BaseTopicModel:
         #: resumes of the last ``train()`` from a checkpoint (see :mod:`sctopic.train.checkpoint`)
         self.resumes_: list[dict[str, Any]] = []
         self._data_fingerprint: dict[str, Any] | None = None
+        self._clear_early_stopping()
+
+    def _clear_early_stopping(self) -> None:
+        #: early stopping's outcome of the last ``train()`` (``stopped_epoch``, ``best_epoch``...;
+        #: see :mod:`sctopic.train.early_stopping`), or None when it was off
+        self.early_stopping_: dict[str, Any] | None = None
+        #: rows of ``adata`` held out of the last ``train()`` for early stopping (empty when off)
+        self.heldout_cells_ = np.zeros(0, dtype=np.int64)
 
     def data_fingerprint(self) -> dict[str, Any]:
         """A fingerprint of the training cells' counts over the model's genes.
@@ -125,8 +134,10 @@ class BaseTopicModel:
 
     @property
     def history(self) -> pd.DataFrame:
-        """Per-epoch training history: losses (means over the epoch's cells), ``lr``,
-        ``epoch_seconds`` and model statistics; index ``epoch`` (1-based)."""
+        """Per-epoch training history: losses (means over the epoch's cells), ``lr`` (the rate
+        after the epoch's last step), ``epoch_seconds``, model statistics and, with early
+        stopping, ``heldout_reconstruction`` (NaN on epochs without a check); index ``epoch``
+        (1-based)."""
         frame = pd.DataFrame({k: pd.Series(v, dtype=float) for k, v in self.history_.items()})
         frame.index = pd.RangeIndex(1, len(frame) + 1, name="epoch")
         return frame
@@ -147,9 +158,26 @@ class BaseTopicModel:
             raise SctopicError(f"the {type(self).__name__} model is not trained yet; call .train() first.")
 
     # ------------------------------------------------------------------ training
+    @staticmethod
+    def _early_stopping(early_stopping: bool, validation_fraction: float, check_every: int, patience: int,
+                        min_delta: float) -> EarlyStopping | None:
+        """The plan's early-stopping settings from ``train()``'s arguments (None when off).
+
+        The values are checked even when it is off, so a mistyped setting is caught at once.
+        """
+        if not isinstance(early_stopping, (bool, np.bool_)):
+            raise InputError(f"early_stopping must be True or False, got {early_stopping!r}.")
+        config = EarlyStopping(validation_fraction, check_every, patience, min_delta)
+        config.check()
+        return config if early_stopping else None
+
     def _fit(self, plan: TrainingPlan, run_options: dict[str, Any], batch_builder: BatchBuilder,
-             step_stats=None) -> None:
-        """Run ``plan`` (see :func:`sctopic.train.plan.run_plan`) and record its result."""
+             step_stats=None, eval_views: dict[str, np.ndarray] | None = None) -> None:
+        """Run ``plan`` (see :func:`sctopic.train.plan.run_plan`) and record its result.
+
+        ``eval_views``: per-cell encoder inputs besides the counts, one row per training cell
+        (``self._train_cells``), for early stopping's held-out check.
+        """
         options = RunOptions.from_kwargs(run_options)
         if self._X is None:
             raise InputError("this model has no training data attached; load it with adata=... first.")
@@ -158,7 +186,9 @@ class BaseTopicModel:
         obs_names = None if self.adata is None else self.adata.obs_names[cells].astype(str)
         result = run_plan(plan, options, module=self.module, X=self._X[cells], codes=codes,
                           batch_builder=batch_builder, identity=self, step_stats=step_stats,
-                          obs_names=obs_names)
+                          obs_names=obs_names, eval_views=eval_views)
+        self.early_stopping_ = result.early_stopping
+        self.heldout_cells_ = np.asarray(cells)[result.heldout].astype(np.int64)
         self.resumes_ = result.resumes
         self._data_fingerprint = result.data_fingerprint
         self.device = result.device
@@ -367,7 +397,9 @@ class BaseTopicModel:
             "class": type(self).__name__,
             "init": self._init_kwargs,
             "genes": self.genes,
-            "extra": {**self._extra_meta(), "train_settings": self.train_settings_},
+            "extra": {**self._extra_meta(), "train_settings": self.train_settings_,
+                      # only when on: files of runs without it stay as they were
+                      **({"early_stopping": self.early_stopping_} if getattr(self, "early_stopping_", None) else {})},
             "batch": {"key": self.batch_key, "categories": list(self.batch_categories_ or [])},
             "history": self.history_,
             "is_trained": self.is_trained,
@@ -423,6 +455,8 @@ class BaseTopicModel:
         self._batch_codes = None
         extra = meta.get("extra", {})
         self.train_settings_ = extra.get("train_settings", {})
+        self._clear_early_stopping()
+        self.early_stopping_ = extra.get("early_stopping")
         self._restore_extra(extra)
         self.module = self._make_module()
         self.module.load_state_dict(state)

@@ -4,6 +4,10 @@ A batch builder is ``(data, generator) -> (epoch -> iterable of (n_cells, kwargs
 training plan calls it once the cells are placed and feeds each ``kwargs`` (plus the epoch's
 loss weights) to the module's forward pass. Builders read ``data.batches`` and ``data.shard``
 only while iterating, because the distributed set-up replaces them after the call.
+
+Per-cell arrays a builder holds have one row per cell the model handed to the plan; with early
+stopping ``data.X`` holds only the cells trained on, so builders take their rows with
+``data.select`` (and build neighbour graphs on those cells alone).
 """
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ import torch
 from sctopic.data.loader import resolve_ahead, sample_neighbours
 from sctopic.train.plan import BatchBuilder
 
-#: ``device -> {"expr": (neighbours, degree), "ext": (neighbours, degree)}``: padded neighbour
-#: lists of the expression graph and of the external view's graph, as tensors on ``device``.
-GraphMaker = Callable[[torch.device], dict[str, tuple[torch.Tensor, torch.Tensor]]]
+#: ``(device, cells) -> {"expr": (neighbours, degree), "ext": (neighbours, degree)}``: padded
+#: neighbour lists of the expression graph and of the external view's graph over ``cells``
+#: (positions among the cells handed to the plan; None: all), as tensors on ``device``.
+GraphMaker = Callable[[torch.device, "np.ndarray | None"], dict[str, tuple[torch.Tensor, torch.Tensor]]]
 
 
 def plain_batches(batch_size: int, views: dict[str, np.ndarray] | None = None) -> BatchBuilder:
@@ -25,7 +30,7 @@ def plain_batches(batch_size: int, views: dict[str, np.ndarray] | None = None) -
     each per-cell matrix of ``views`` (rows: the training cells; e.g. ``{"v": external view}``)."""
 
     def build(data, gen):
-        on_device = {name: torch.as_tensor(m, device=data.device) for name, m in (views or {}).items()}
+        on_device = {name: torch.as_tensor(data.select(m), device=data.device) for name, m in (views or {}).items()}
 
         def epoch(_: int):
             for idx in data.batches(batch_size, gen):
@@ -52,8 +57,8 @@ def cross_view_batches(batch_size: int, view: np.ndarray, graphs: GraphMaker) ->
     """
 
     def build(data, gen):
-        view_t = torch.as_tensor(view, device=data.device)
-        g = graphs(data.device)
+        view_t = torch.as_tensor(data.select(view), device=data.device)
+        g = graphs(data.device, data.cells)
 
         def planned():
             for idx in data.batches(batch_size, gen):

@@ -18,9 +18,13 @@ from sctopic.models.base import BaseTopicModel
 from sctopic.models.batches import cross_view_batches, plain_batches
 from sctopic.nn.sce2tm import CVE_LOSSES, RECON_WEIGHTINGS, SCE2TMModule
 from sctopic.nn.sinkhorn import ECR_GRADS
+from sctopic.train.lr import check_lr_schedule
 from sctopic.train.plan import Optimisation, TrainingPlan
 from sctopic.train.schedules import Constant, warmup
 from sctopic.utils.random import seeded
+
+#: The learning-rate schedules ``train(lr_schedule=...)`` offers (None: ``"step"``).
+LR_SCHEDULES = ("step", "constant", "cosine", "onecycle")
 
 #: ``cve_weight="auto"``: the CVE's weight per mean count per cell (100 at ~1,000 counts).
 AUTO_CVE_PER_COUNT = 0.1
@@ -196,7 +200,10 @@ class SCE2TM(BaseTopicModel):
 
     def train(self, max_epochs: int = 500, batch_size: int = 512, lr: float = 1e-3, seed: int = 0, *,
               lr_step_epochs: int | None = -1, optimizer: str = "rmsprop", ecr_delay: float | None = None,
-              ecr_warmup: float | None = None, **run_options) -> "SCE2TM":
+              ecr_warmup: float | None = None, lr_schedule: str | None = None, lr_warmup: float | None = None,
+              lr_floor: float = 0.01, early_stopping: bool = False, validation_fraction: float = 0.1,
+              check_every: int = 5, patience: int = 3, min_delta: float = 1e-3,
+              **run_options) -> "SCE2TM":
         """Train the model (the paper's schedule: 500 epochs of 512 cells, RMSprop at 1e-3).
 
         Parameters
@@ -206,7 +213,23 @@ class SCE2TM(BaseTopicModel):
             order, neighbour sampling and noise (same seed, same model on the same machine).
         lr_step_epochs
             Halve the learning rate every this many epochs; ``-1`` (default): a quarter of
-            ``max_epochs`` (the paper halves every 125 of 500); ``None``: constant.
+            ``max_epochs`` (the paper halves every 125 of 500); ``None``: constant. Only with
+            ``lr_schedule`` ``None`` or ``"step"``.
+        lr_schedule, lr_warmup, lr_floor
+            The learning-rate schedule: ``None`` or ``"step"`` (default: the halving of
+            ``lr_step_epochs``), ``"constant"``, ``"cosine"`` (linear warm-up over the first
+            ``lr_warmup`` fraction of the optimiser steps, default 0.05, then cosine decay to
+            ``lr_floor * lr``) or ``"onecycle"`` (PyTorch's one-cycle policy peaking at ``lr``
+            after ``lr_warmup`` of the steps, default 0.25); see :mod:`sctopic.train.lr`.
+        early_stopping, validation_fraction, check_every, patience, min_delta
+            Hold a seeded random ``validation_fraction`` of the cells out of training (never an
+            anchor nor a sampled neighbour; the neighbour graphs are built without them),
+            measure their mean reconstruction NLL every ``check_every`` epochs (history column
+            ``heldout_reconstruction``), stop after ``patience`` checks without a relative
+            improvement of ``min_delta``, and keep the best check's weights; the outcome is in
+            :attr:`early_stopping_` (``stopped_epoch``, ``best_epoch``...) and the held-out
+            cells in :attr:`heldout_cells_`. Not with distributed training. See
+            :mod:`sctopic.train.early_stopping`.
         optimizer
             ``"rmsprop"`` (paper), ``"adam"`` or ``"adamw"``.
         ecr_delay, ecr_warmup
@@ -228,17 +251,31 @@ class SCE2TM(BaseTopicModel):
         if not (0 <= ecr_delay and 0 <= ecr_warmup and ecr_delay + ecr_warmup <= 1):
             raise InputError(f"ecr_delay and ecr_warmup are fractions of training (>= 0, sum <= 1); "
                              f"got {ecr_delay} and {ecr_warmup}.")
-        step = max(1, max_epochs // 4) if lr_step_epochs == -1 else lr_step_epochs
+        check_lr_schedule(lr_schedule, LR_SCHEDULES, "SCE2TM")
+        stopping = self._early_stopping(early_stopping, validation_fraction, check_every, patience, min_delta)
+        if lr_schedule in (None, "step"):
+            step = max(1, max_epochs // 4) if lr_step_epochs == -1 else lr_step_epochs
+            opt = Optimisation(optimizer, lr, lr_step_epochs=step)
+        else:
+            if lr_step_epochs != -1:
+                raise InputError(f"lr_step_epochs applies to lr_schedule='step' only; got lr_step_epochs="
+                                 f"{lr_step_epochs!r} with lr_schedule={lr_schedule!r}.")
+            step = None
+            opt = Optimisation(optimizer, lr, lr_schedule=None if lr_schedule == "constant" else lr_schedule,
+                               lr_warmup=lr_warmup, lr_floor=lr_floor)
         settings = {"lr_step_epochs": step}
         if ecr_delay or ecr_warmup:  # only then: checkpoints of runs without them stay resumable
             settings.update(ecr_delay=ecr_delay, ecr_warmup=ecr_warmup)
-        plan = TrainingPlan(max_epochs, batch_size, seed, Optimisation(optimizer, lr, lr_step_epochs=step),
+        plan = TrainingPlan(max_epochs, batch_size, seed, opt,
                             weights={"ecr_weight": warmup(k["ecr_weight"], ecr_warmup, ecr_delay),
                                      "cve_weight": Constant(k.get("cve_weight_value", 1.0))},
-                            settings=settings)
+                            settings=settings, early_stopping=stopping)
         ecr = self.module.ecr
         stats = (lambda: {"sinkhorn_iterations": float(ecr.last_iterations)}) if k["ecr_weight"] > 0 else None
-        self._fit(plan, run_options, self._batch_builder(batch_size, seed), stats)
+        # "w/ EC": the held-out check's encoder needs the held-out cells' external view too
+        views = ({"v": self.external_.matrix[self._train_cells]}
+                 if stopping is not None and k["external_concat"] else None)
+        self._fit(plan, run_options, self._batch_builder(batch_size, seed), stats, eval_views=views)
         return self
 
     def _batch_builder(self, batch_size: int, seed: int):
@@ -246,7 +283,7 @@ class SCE2TM(BaseTopicModel):
         if not self._init_kwargs["cross_view"]:
             return plain_batches(batch_size, {} if self.external_ is None else {"v": self.external_.matrix[cells]})
         return cross_view_batches(batch_size, self.external_.matrix[cells],
-                                  lambda device: self._graphs(cells, seed, device))
+                                  lambda device, sel: self._graphs(cells if sel is None else cells[sel], seed, device))
 
     def _graphs(self, cells: np.ndarray, seed: int, device: torch.device) -> dict[str, tuple]:
         """Padded neighbour lists and degrees of the expression and external-view graphs."""

@@ -14,11 +14,15 @@ from sctopic.models.base import BaseTopicModel
 from sctopic.models.batches import plain_batches
 from sctopic.models.inputs import pathway_matrix
 from sctopic.nn.scetm import SCETMModule
+from sctopic.train.lr import STEP_SCHEDULES, check_lr_schedule
 from sctopic.train.plan import Optimisation, TrainingPlan
 from sctopic.train.schedules import Ramp, warmup
 from sctopic.utils.random import seeded
 
 log = logging.getLogger(__name__)
+
+#: The learning-rate schedules ``train(lr_schedule=...)`` offers (None: ``"exponential"``).
+LR_SCHEDULES = ("exponential", "step", "constant", "cosine", "onecycle")
 
 
 class SCETM(BaseTopicModel):
@@ -141,7 +145,9 @@ class SCETM(BaseTopicModel):
     def train(self, max_epochs: int = 800, batch_size: int = 2000, lr: float = 5e-3, seed: int = 0, *,
               lr_decay: float = 6e-5, kl_weight: float = 1e-7, kl_warmup: float = 1 / 3,
               adv_weight: float = 0.005, adv_cutoff: float = 1 / 6, adv_warmup: float = 1 / 3,
-              **run_options) -> "SCETM":
+              lr_schedule: str | None = None, lr_warmup: float | None = None, lr_floor: float = 0.01,
+              early_stopping: bool = False, validation_fraction: float = 0.1, check_every: int = 5,
+              patience: int = 3, min_delta: float = 1e-3, **run_options) -> "SCETM":
         """Train with Adam (scETM's defaults: 800 epochs of 2000 cells, lr 5e-3).
 
         Parameters
@@ -151,7 +157,24 @@ class SCETM(BaseTopicModel):
         seed
             Seed of minibatch order and noise (same seed, same model on the same machine).
         lr_decay
-            Learning rate multiplied by ``exp(-lr_decay)`` after every step (6e-5, scETM).
+            Learning rate multiplied by ``exp(-lr_decay)`` after every step (6e-5, scETM); only
+            with ``lr_schedule`` ``None`` or ``"exponential"``.
+        lr_schedule, lr_warmup, lr_floor
+            The learning-rate schedule: ``None`` or ``"exponential"`` (default: the decay of
+            ``lr_decay``), ``"step"`` (halved every quarter of ``max_epochs``), ``"constant"``,
+            ``"cosine"`` (linear warm-up over the first ``lr_warmup`` fraction of the optimiser
+            steps, default 0.05, then cosine decay to ``lr_floor * lr``) or ``"onecycle"``
+            (PyTorch's one-cycle policy peaking at ``lr`` after ``lr_warmup`` of the steps,
+            default 0.25, cycling Adam's beta1); see :mod:`sctopic.train.lr`.
+        early_stopping, validation_fraction, check_every, patience, min_delta
+            Hold a seeded random ``validation_fraction`` of the cells out of training, measure
+            their mean reconstruction NLL (of the library-normalised counts with
+            ``normed_loss``, as the training ``reconstruction``) every ``check_every`` epochs
+            (history column ``heldout_reconstruction``), stop after ``patience`` checks without
+            a relative improvement of ``min_delta``, and keep the best check's weights; the
+            outcome is in :attr:`early_stopping_` and the held-out cells in
+            :attr:`heldout_cells_`. Not with distributed training. See
+            :mod:`sctopic.train.early_stopping`.
         kl_weight, kl_warmup
             The KL weight rises linearly from 0 to ``kl_weight`` over the first ``kl_warmup``
             fraction of epochs. scETM's default maximum is 1e-7 (almost an autoencoder);
@@ -167,10 +190,19 @@ class SCETM(BaseTopicModel):
         weights = {"kl_weight": warmup(kl_weight, kl_warmup)}
         if self._init_kwargs["adversarial"]:
             weights["adv_weight"] = Ramp(adv_weight, adv_cutoff, adv_warmup)
-        settings = dict(lr_decay=lr_decay, kl_weight=kl_weight, kl_warmup=kl_warmup, adv_weight=adv_weight,
+        check_lr_schedule(lr_schedule, LR_SCHEDULES, "SCETM")
+        stopping = self._early_stopping(early_stopping, validation_fraction, check_every, patience, min_delta)
+        decay = lr_decay if lr_schedule in (None, "exponential") else 0.0
+        step = max(1, max_epochs // 4) if lr_schedule == "step" else None
+        per_step = lr_schedule if lr_schedule in STEP_SCHEDULES else None
+        opt = Optimisation("adam", lr, lr_step_epochs=step, lr_decay=decay, lr_schedule=per_step,
+                           lr_warmup=lr_warmup, lr_floor=lr_floor)
+        settings = dict(lr_decay=decay, kl_weight=kl_weight, kl_warmup=kl_warmup, adv_weight=adv_weight,
                         adv_cutoff=adv_cutoff, adv_warmup=adv_warmup)
-        plan = TrainingPlan(max_epochs, batch_size, seed, Optimisation("adam", lr, lr_decay=lr_decay),
-                            weights=weights, settings=settings)
+        if step is not None:
+            settings["lr_step_epochs"] = step
+        plan = TrainingPlan(max_epochs, batch_size, seed, opt, weights=weights, settings=settings,
+                            early_stopping=stopping)
         self._fit(plan, run_options, plain_batches(batch_size))
         return self
 

@@ -9,6 +9,8 @@
 * ``loss(x, inference_outputs, ...) -> dict``: named loss terms and their weighted sum
   ``"loss"``, what the training plan minimises; ``forward(**batch)`` is ``inference`` followed
   by ``loss`` (the entry point of DistributedDataParallel);
+* ``reconstruction_nll(x, batch=None, v=None) -> (B,)``: each cell's reconstruction term
+  alone, as ``loss`` computes it (what early stopping measures on held-out cells);
 * ``topic_gene()``, ``gene_embedding()``, ``topic_embedding()``: the learnt matrices.
 
 Pure torch: no AnnData, no training loop.
@@ -46,6 +48,29 @@ class TopicModule(nn.Module):
 
     def inference(self, x: torch.Tensor, v: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def reconstruction_nll(self, x: torch.Tensor, batch: torch.Tensor | None = None,
+                           v: torch.Tensor | None = None) -> torch.Tensor:
+        """Each cell's reconstruction term, ``(B,)``: the multinomial NLL of its counts given
+        its own theta, the per-cell value whose mean :meth:`loss` reports as
+        ``"reconstruction"``.
+
+        In evaluation mode (as early stopping calls it) theta is the softmax of the posterior
+        mean and batch norm uses its running statistics, so each cell scores independently of
+        the others and no random number is drawn.
+
+        Parameters
+        ----------
+        x
+            ``(B, V)`` counts, dense or sparse CSR.
+        batch
+            ``(B,)`` batch codes for decoders with intercepts.
+        v
+            Per-cell encoder input besides the counts (the external view of SCE2TM's
+            ``external_concat``), or None.
+        """
+        posterior = self.inference(x, v)
+        return self.decoder.nll(x, posterior["theta"], self.decoder.beta(), batch)
 
     @torch.no_grad()
     def infer(self, x: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:

@@ -80,6 +80,15 @@ class SCETMModule(TopicModule):
         return {"mu": mu, "logsigma": logsigma, "z": delta, "theta": torch.softmax(delta, dim=1),
                 "x_normalized": xn}
 
+    def reconstruction_nll(self, x: torch.Tensor, batch: torch.Tensor | None = None,
+                           v: torch.Tensor | None = None) -> torch.Tensor:
+        """Each cell's reconstruction term, ``(B,)``, as :meth:`loss` computes it: of the
+        library-normalised counts with ``normed_loss`` (scETM's default), else of the counts
+        (see :meth:`sctopic.nn.base.TopicModule.reconstruction_nll`)."""
+        posterior = self.inference(x)
+        target = posterior["x_normalized"] if self.normed_loss else x
+        return self.decoder.nll(target, posterior["theta"], self.decoder.beta(), batch)
+
     def gene_embedding(self) -> torch.Tensor:
         """``(V, L + P)`` gene embeddings (rho transposed; fixed pathway rows first)."""
         return self.decoder.rho().T

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sctopic.data.loader import RowStore, batch_indices, minibatch_layout
+from sctopic.data.loader import RowStore, batch_indices, count_batches, minibatch_layout
 from sctopic.errors import InputError
 
 #: ``index tensor -> minibatch``: a dense or sparse-CSR tensor of the cells' counts.
@@ -51,6 +51,14 @@ class TrainingData:
     shard
         The part of a global minibatch this process trains on (identity in one process; see
         :mod:`sctopic.train.distributed`). Apply it to indices before gathering rows.
+    steps
+        ``batch_size -> number of minibatches per epoch`` (exact in memory, an estimate out
+        of core; per-step learning-rate schedules plan with it).
+    cells
+        Positions, among the cells the model handed to the plan, of the rows of ``X`` (None:
+        all of them, in order). With early stopping the held-out cells are left out of ``X``;
+        a batch builder holding per-cell arrays (external views, neighbour graphs) indexes
+        them with :meth:`select`.
     """
 
     X: object
@@ -61,11 +69,18 @@ class TrainingData:
     batches: BatchStream
     fetch: Callable[[torch.Tensor], object]
     shard: Callable[[torch.Tensor], torch.Tensor] = field(default=_identity)
+    steps: Callable[[int], int] | None = None
+    cells: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         """Number of training cells."""
         return int(self.X.shape[0])
+
+    def select(self, per_cell: np.ndarray) -> np.ndarray:
+        """The rows of a per-cell array (one row per cell handed to the plan) that belong to
+        the cells of ``X``."""
+        return per_cell if self.cells is None else per_cell[self.cells]
 
     def batch_of(self, idx: torch.Tensor) -> torch.Tensor | None:
         """Batch codes of cells ``idx`` (None without batches)."""
@@ -112,7 +127,7 @@ def prepare_data(X, codes: np.ndarray | None, device: torch.device, storage: str
         mb = BackedMinibatches(X, layout, device, block_size=block_size or DEFAULT_BLOCK_SIZE,
                                pool_blocks=pool_blocks or DEFAULT_POOL_BLOCKS, num_workers=num_workers)
         return TrainingData(X=X, layout=layout, device=device, codes=code_t, rows=mb.rows,
-                            batches=mb.batches, fetch=mb.fetch)
+                            batches=mb.batches, fetch=mb.fetch, steps=mb.count_batches)
     store = RowStore(X, device, storage="auto" if layout == "dense" else "csr")
     rows = store.rows if layout == "dense" else store.rows_csr
     n = X.shape[0]
@@ -120,8 +135,11 @@ def prepare_data(X, codes: np.ndarray | None, device: torch.device, storage: str
     def batches(batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
         return batch_indices(n, batch_size, True, gen, device)
 
+    def steps(batch_size: int) -> int:
+        return count_batches(n, batch_size)
+
     return TrainingData(X=X, layout=layout, device=device, codes=code_t, rows=rows,
-                        batches=batches, fetch=rows)
+                        batches=batches, fetch=rows, steps=steps)
 
 
 __all__ = ["BatchStream", "Gather", "TrainingData", "is_backed", "prepare_data"]

@@ -1,16 +1,19 @@
-"""A small, generic training loop: optimiser, step learning-rate schedule, progress, history."""
+"""A small, generic training loop: optimiser, learning-rate schedule, progress, history, and
+an optional early-stopping check after each epoch."""
 from __future__ import annotations
 
 import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from sctopic.errors import SctopicError
 from sctopic.nn.precision import autocast
+from sctopic.train.lr import make_step_scheduler
 
 OPTIMIZERS = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -37,6 +40,17 @@ class Trainer:
     lr_decay
         Multiply the learning rate by ``exp(-lr_decay)`` after every optimiser step (scETM's
         schedule; 0: off). Exclusive with ``lr_step_epochs``.
+    lr_schedule, lr_warmup, lr_floor, total_steps
+        A per-step schedule over the whole run instead: ``"cosine"`` or ``"onecycle"`` with
+        its warm-up fraction and (cosine) final fraction of ``lr``, planned over
+        ``total_steps`` optimiser steps (see :mod:`sctopic.train.lr`). Exclusive with
+        ``lr_step_epochs`` and ``lr_decay``. ``None`` (default): the classic schedules above.
+    stopper
+        Called after every epoch with the number of epochs done; returns the held-out value
+        recorded as ``heldout_reconstruction`` (NaN when it did not check) and says when to
+        stop through its ``stopped`` attribute (see
+        :class:`~sctopic.train.early_stopping.EarlyStopper`). Its state joins
+        :meth:`state_dict`.
     wrapper
         A module wrapping ``module`` that runs the forward pass instead of it, e.g.
         :class:`~torch.nn.parallel.DistributedDataParallel` (which averages gradients across
@@ -58,11 +72,17 @@ class Trainer:
                  lr_step_epochs: int | None = None, lr_gamma: float = 0.5, lr_decay: float = 0.0,
                  wrapper: torch.nn.Module | None = None,
                  reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 precision: str = "32", compile: bool = False):
+                 precision: str = "32", compile: bool = False, lr_schedule: str | None = None,
+                 lr_warmup: float | None = None, lr_floor: float = 0.01, total_steps: int | None = None,
+                 stopper: Any = None):
         if optimizer not in OPTIMIZERS:
             raise SctopicError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
         if lr_step_epochs and lr_decay:
             raise SctopicError("choose one learning-rate schedule: lr_step_epochs or lr_decay")
+        if lr_schedule is not None and (lr_step_epochs or lr_decay):
+            raise SctopicError(f"lr_schedule={lr_schedule!r} replaces lr_step_epochs and lr_decay; leave them off")
+        if lr_schedule is not None and not total_steps:
+            raise SctopicError("a per-step learning-rate schedule needs the run's total_steps")
         self.module = module
         self.forward = module if wrapper is None else wrapper
         self.precision = precision
@@ -79,23 +99,32 @@ class Trainer:
             torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=math.exp(-lr_decay))
             if lr_decay else None
         )
+        if lr_schedule is not None:
+            # RMSprop runs without momentum in the recipes: one-cycle cycles Adam's beta1 only.
+            self.step_scheduler = make_step_scheduler(self.optimizer, lr_schedule, int(total_steps), lr_warmup,
+                                                      lr_floor, cycle_momentum=optimizer != "rmsprop")
+        self.stopper = stopper
         self.history: dict[str, list[float]] = defaultdict(list)
         self.epoch = 0
 
     def state_dict(self) -> dict:
-        """Optimiser, schedulers, epoch and history as plain tensors, numbers and lists.
+        """Optimiser, schedulers, epoch, history and the early-stopping state as plain
+        tensors, numbers and lists.
 
         Everything :meth:`load_state_dict` needs to continue training exactly where this
         trainer stands (the data order and noise are the caller's: see
         :mod:`sctopic.train.checkpoint`).
         """
-        return {
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else {},
             "step_scheduler": self.step_scheduler.state_dict() if self.step_scheduler else {},
             "epoch": self.epoch,
             "history": {k: [float(x) for x in v] for k, v in self.history.items()},
         }
+        if self.stopper is not None:  # only then: runs without it keep their checkpoint layout
+            state["early_stopping"] = self.stopper.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state returned by :meth:`state_dict` (same module and settings)."""
@@ -104,6 +133,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.step_scheduler and state.get("step_scheduler"):
             self.step_scheduler.load_state_dict(state["step_scheduler"])
+        if self.stopper is not None and state.get("early_stopping"):
+            self.stopper.load_state_dict(state["early_stopping"])
         self.epoch = int(state["epoch"])
         self.history = defaultdict(list, {k: [float(x) for x in v]
                                           for k, v in (state.get("history") or {}).items()})
@@ -117,7 +148,7 @@ class Trainer:
         on_epoch_end: Callable[[int], None] | None = None,
         extra_stats: Callable[[], dict[str, float]] | None = None,
     ) -> dict[str, list[float]]:
-        """Train from the current epoch up to ``max_epochs``.
+        """Train from the current epoch up to ``max_epochs``, or until the stopper stops it.
 
         Parameters
         ----------
@@ -139,6 +170,8 @@ class Trainer:
         bar = tqdm(range(self.epoch, max_epochs), disable=not progress, desc="training",
                    unit="epoch", initial=self.epoch, total=max_epochs)
         for epoch in bar:
+            if self.stopper is not None and self.stopper.stopped:
+                break  # resumed from a checkpoint written after the stopping epoch
             self.forward.train()
             t0 = time.perf_counter()
             sums: dict[str, float] = defaultdict(float)
@@ -171,16 +204,24 @@ class Trainer:
             self._record(epoch, {k: v / max(n_seen, 1) for k, v in sums.items()})
             self.history["epoch_seconds"].append(time.perf_counter() - t0)
             self.history["lr"].append(self.optimizer.param_groups[0]["lr"])
+            if self.stopper is not None:
+                # before the checkpoint hook, so a checkpoint of this epoch holds its check
+                self.history["heldout_reconstruction"].append(self.stopper(self.epoch))
             bar.set_postfix(loss=f"{self.history['loss'][-1]:.4g}")
             if on_epoch_end is not None:
                 on_epoch_end(self.epoch)
+            if self.stopper is not None and self.stopper.stopped:
+                break
         bar.close()
         return dict(self.history)
+
+    #: history columns appended after the epoch's means, not loss terms
+    _APPENDED = frozenset({"epoch_seconds", "lr", "heldout_reconstruction"})
 
     def _record(self, epoch: int, means: dict[str, float]) -> None:
         """Append the epoch's means; a term absent in some epochs (e.g. ECR while its weight is
         still 0) gets NaN there, so every history list stays aligned with the epochs."""
-        for k in set(self.history) - set(means) - {"epoch_seconds", "lr"}:
+        for k in set(self.history) - set(means) - self._APPENDED:
             means[k] = math.nan
         for k, v in means.items():
             hist = self.history[k]
