@@ -68,4 +68,5 @@ def test_recon_weighting_is_checked_and_saved(tmp_path):
     m.save(tmp_path / "m.pt")
     back = sctopic.SCE2TM.load(tmp_path / "m.pt", adata=adata)
     assert back.module.recon_weighting == "cell" and back.module.mean_library == m.module.mean_library
-    assert sctopic.SCE2TM(adata, n_topics=5, n_top_genes=None).module.recon_weighting == "count"
+    assert sctopic.SCE2TM(adata, n_topics=5, n_top_genes=None).module.recon_weighting == "cell"  # the default
+    assert sctopic.SCE2TM(adata, n_topics=5, n_top_genes=None, preset="paper").module.recon_weighting == "count"

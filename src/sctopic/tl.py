@@ -130,3 +130,30 @@ def enrichment(adata, genesets="go_bp_human", *, method: str = "ora", model: str
 
 
 __all__ = ["differential_topics", "enrichment", "topics_to_obs"]
+
+
+def topic_specificity(adata, groupby: str, *, key_added: str = "topic_specificity", **kwargs):
+    """:func:`sctopic.analysis.topic_specificity` on ``adata`` (fold enrichment of each topic's
+    use in each group over the other cells), the table stored in ``adata.uns[key_added]``.
+
+    Parameters
+    ----------
+    adata
+        An AnnData holding a model's outputs.
+    groupby
+        ``obs`` column with the groups (cell types).
+    key_added
+        ``uns`` key of the table.
+    kwargs
+        Passed to :func:`sctopic.analysis.topic_specificity` (``min_cells``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Topics x groups (also in ``adata.uns[key_added]``).
+    """
+    from sctopic.analysis.specificity import topic_specificity as run
+
+    table = run(adata, groupby, **kwargs)
+    adata.uns[key_added] = table
+    return table

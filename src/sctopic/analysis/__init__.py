@@ -6,6 +6,8 @@
   real target cells against a random-topic null.
 * :func:`score_bulk` and :func:`survival_association`: project topics onto bulk samples and
   test their association with survival (Cox models, Kaplan-Meier/log-rank).
+* :func:`topic_specificity` and :func:`marker_topics`: which topics mark which cell types
+  (mean use inside a label over mean use outside it).
 * :func:`topic_stability`: choose K from the reproducibility of topics across seeds
   (Hungarian-matched cosine similarity) with TD, TC and ARI.
 
@@ -16,6 +18,7 @@ from sctopic.analysis.bulk import score_bulk
 from sctopic.analysis.decode import decode_expression
 from sctopic.analysis.differential import differential_activity, differential_topics
 from sctopic.analysis.perturb import PerturbationResult, perturb_topics
+from sctopic.analysis.specificity import marker_topics, topic_specificity
 from sctopic.analysis.stability import (
     StabilityResult,
     cosine_similarity_matrix,
@@ -28,7 +31,7 @@ from sctopic.analysis.survival import logrank_split, survival_association
 
 __all__ = [
     "PerturbationResult", "decode_expression", "differential_activity", "differential_topics",
-    "logrank_split", "perturb_topics", "score_bulk", "survival_association",
+    "logrank_split", "marker_topics", "perturb_topics", "score_bulk", "survival_association",
     "StabilityResult", "cosine_similarity_matrix", "match_topics", "stability_from_fits", "suggest_k",
-    "topic_stability",
+    "topic_specificity", "topic_stability",
 ]

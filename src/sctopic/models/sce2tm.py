@@ -35,7 +35,7 @@ AUTO_CVE_PER_COUNT = 0.1
 #: distillation at a depth-scaled weight, ECR warm-up).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"cve_loss": "relational", "cve_weight": "auto", "ecr_delay": 0.5, "ecr_warmup": 0.25,
-                "depth_augment": 0.2, "recon_weighting": "count"},
+                "depth_augment": 0.2, "recon_weighting": "cell"},
     "paper": {"cve_loss": "cluster", "cve_weight": 1.0, "ecr_delay": 0.0, "ecr_warmup": 0.0, "depth_augment": 0.0,
               "recon_weighting": "count"},
 }
@@ -75,7 +75,8 @@ class SCE2TM(BaseTopicModel):
     recon_weighting
         ``"count"``: the reconstruction sums the NLL over counts (the reference: deep cells weigh
         more) or ``"cell"``: each cell's NLL is divided by its depth (times the mean depth), so
-        every cell weighs the same, as in scETM. ``None``: the preset's.
+        every cell weighs the same, as in scETM. ``None``: the preset's (default ``"cell"``,
+        paper ``"count"``).
     cross_view
         Use the Cross-view Encoder (``False``: the "w/o CVE" ablation).
     external_concat
