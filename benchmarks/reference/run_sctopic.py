@@ -89,15 +89,7 @@ def main(argv=None) -> int:
     C.save_npy(out / "topic_gene.npy", beta_np)
     C.save_npy(out / "logits.npy", logits)
 
-    if snaps.enabled:
-        final = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
-
-        def outputs(state):
-            model.module.load_state_dict(state)
-            return {"theta": model.get_cell_topics(), "logits": model.get_cell_topics(logits=True),
-                    "topic_gene": model.get_topic_gene().to_numpy()}
-
-        snaps.write(out, outputs, restore=lambda: model.module.load_state_dict(final))
+    C.write_sctopic_snapshots(snaps, model, out)
 
     extra = {f"history_{key}": hist[key].tolist()
              for key in ("sinkhorn_iterations", "graph", "graph_components", "n_components") if key in hist}

@@ -60,15 +60,7 @@ def main(argv=None) -> int:
     C.save_npy(out / "logits.npy", logits.astype(np.float32))
     C.save_npy(out / "theta.npy", model.get_cell_topics().astype(np.float32))
     C.save_npy(out / "topic_gene.npy", model.get_topic_gene().to_numpy().astype(np.float32))
-    if snaps.enabled:
-        final = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
-
-        def outputs(state):
-            model.module.load_state_dict(state)
-            return {"theta": model.get_cell_topics(), "logits": model.get_cell_topics(logits=True),
-                    "topic_gene": model.get_topic_gene().to_numpy()}
-
-        snaps.write(out, outputs, restore=lambda: model.module.load_state_dict(final))
+    C.write_sctopic_snapshots(snaps, model, out)
     timings = {
         **C.run_settings("sctopic_scetm", args, n_cells, n_genes), "n_batches": model.n_batches,
         "train_seconds": train_seconds, "train_call_seconds": train_call_seconds,

@@ -151,6 +151,21 @@ class Snapshots:
         return rows
 
 
+def write_sctopic_snapshots(snaps: Snapshots, model, out: Path) -> None:
+    """sctopic runners: write each kept state's theta, logits and topic-gene matrix (through the
+    model's own methods), then reload the final weights."""
+    if not snaps.enabled:
+        return
+    final = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+
+    def outputs(state):
+        model.module.load_state_dict(state)
+        return {"theta": model.get_cell_topics(), "logits": model.get_cell_topics(logits=True),
+                "topic_gene": model.get_topic_gene().to_numpy()}
+
+    snaps.write(out, outputs, restore=lambda: model.module.load_state_dict(final))
+
+
 def hook_sctopic_epoch_ends(callback) -> None:
     """sctopic runners: chain ``callback(epoch)`` after the ``on_epoch_end`` hook that
     :meth:`sctopic.train.Trainer.fit` is given (the checkpoint writer), changing nothing else of
