@@ -37,6 +37,19 @@ def test_reconstruction_matches_a_plain_weighted_nll(weighting):
     torch.testing.assert_close(got, nll.mean(), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("weighting", ["count", "cell"])
+def test_heldout_reconstruction_uses_the_same_weighting(weighting):
+    # early stopping's held-out score is the per-cell value whose mean the loss reports
+    x = _counts()
+    torch.manual_seed(0)
+    m = SCE2TMModule(n_genes=40, n_topics=6, cross_view=False, recon_weighting=weighting, mean_library=5.0)
+    m.eval()
+    with torch.no_grad():
+        per_cell = m.reconstruction_nll(x)
+        reported = m.loss(x, m.inference(x))["reconstruction"]
+    torch.testing.assert_close(per_cell.mean(), reported)
+
+
 def test_cell_weighting_equalises_shallow_and_deep_cells():
     x = _counts()
     torch.manual_seed(0)

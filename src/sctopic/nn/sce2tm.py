@@ -160,6 +160,21 @@ class SCE2TMModule(TopicModule):
             h = torch.cat([h, v], dim=1)
         return h
 
+    def weigh_cells(self, nll: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-cell NLLs ``(B,)`` of counts ``x`` as the reconstruction term counts them: as they
+        are (``"count"``) or divided by each cell's depth times the training data's mean depth
+        (``"cell"``: every cell weighs the same, as scETM's normed loss, and the loss keeps its
+        scale against the KL and the CVE)."""
+        if self.recon_weighting == "cell":
+            return nll * (self.mean_library / row_sums(x).clamp_min(1.0))
+        return nll
+
+    def reconstruction_nll(self, x: torch.Tensor, batch: torch.Tensor | None = None,
+                           v: torch.Tensor | None = None) -> torch.Tensor:
+        """Each cell's reconstruction term, weighted as in :meth:`loss` (see
+        :meth:`weigh_cells` and :meth:`sctopic.nn.base.TopicModule.reconstruction_nll`)."""
+        return self.weigh_cells(super().reconstruction_nll(x, batch, v), x)
+
     def inference(self, x: torch.Tensor, v: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Posterior of cells ``x`` (dense or sparse CSR counts; ``v``: the external view, used
         only with ``external_concat``): ``mu``, ``logvar`` (both batch-normalised), ``z`` (a
@@ -228,12 +243,7 @@ class SCE2TMModule(TopicModule):
 
         cost = self.decoder.cost()
         beta = self.decoder.beta(cost)
-        nll = self.decoder.nll(x_anchor, theta, beta, batch)
-        if self.recon_weighting == "cell":
-            # every cell weighs the same (scETM's normed loss), rescaled by the training data's
-            # mean depth so the loss keeps its scale against the KL and the CVE
-            nll = nll * (self.mean_library / row_sums(x_anchor).clamp_min(1.0))
-        recon = nll.mean()
+        recon = self.weigh_cells(self.decoder.nll(x_anchor, theta, beta, batch), x_anchor).mean()
         out = {"reconstruction": recon, "kl": kl}
         loss = recon + kl
         if ecr_weight > 0:
