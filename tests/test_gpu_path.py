@@ -178,3 +178,15 @@ def test_ecr_solve_dtype_option():
     assert float((g32 - g64).norm() / g64.norm()) < 1e-5
     with pytest.raises(ValueError, match="solve_dtype"):
         ECR(20, 300, solve_dtype="float16")(C)
+
+
+def test_ecr_runs_in_full_precision_under_bf16_autocast():
+    # autocast would run the solver's matrix-vector products in bfloat16 (it did before)
+    C = _embeddings_cost(20, 300, seed=9)
+    ref = ECR(20, 300)
+    want = ref(C)
+    ecr = ECR(20, 300)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ecr(C)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want) and ecr.last_iterations == ref.last_iterations

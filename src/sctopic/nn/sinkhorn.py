@@ -31,6 +31,8 @@ import math
 import torch
 from torch import nn
 
+from sctopic.nn.precision import full_precision, to_full
+
 
 #: Exponents are clamped to this range: exp(-80) is still a normal float32, and avoiding
 #: underflow to denormals/zero keeps the vectorised exp on its fast path (10x faster on CPU).
@@ -439,10 +441,15 @@ class ECR(nn.Module):
         return self.n_iter is not None and self.grad != "unrolled"
 
     def forward(self, C: torch.Tensor) -> torch.Tensor:
-        """ECR loss for the ``(K, V)`` cost matrix ``C`` (unweighted)."""
+        """ECR loss for the ``(K, V)`` cost matrix ``C`` (unweighted).
+
+        Always in full precision: under bf16 autocast the solver's matrix-vector products
+        (``Kt @ v``) would otherwise run in bfloat16, too coarse for its tolerance.
+        """
         if self.solve_dtype not in SOLVE_DTYPES:
             raise ValueError(f"solve_dtype must be one of {SOLVE_DTYPES}, got {self.solve_dtype!r}")
-        return self._loss(C)
+        with full_precision(C):
+            return self._loss(to_full(C))
 
     def _loss(self, C: torch.Tensor) -> torch.Tensor:
         K, V = C.shape
