@@ -190,3 +190,275 @@ def test_ecr_runs_in_full_precision_under_bf16_autocast():
         got = ecr(C)
     assert got.dtype == torch.float32
     assert torch.equal(got, want) and ecr.last_iterations == ref.last_iterations
+
+
+# --------------------------------------------------------------------------- training step
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+import sctopic  # noqa: E402
+from sctopic.errors import InputError  # noqa: E402
+from sctopic.train import static_step as static_mod  # noqa: E402
+from sctopic.train.trainer import Trainer, make_optimizer  # noqa: E402
+
+#: aten ops that read a device value on the host (a synchronisation on a GPU, refused inside
+#: a CUDA graph): every .item() / float() / bool() / int() of a tensor goes through
+#: _local_scalar_dense; the others size their output from the data or check a status
+HOST_READ_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim",
+                 "unique_consecutive", "_linalg_check_errors", "equal", "is_nonzero", "bincount",
+                 "histc", "allclose", "argwhere"}
+
+
+class HostReads(TorchDispatchMode):
+    """Records every aten op of :data:`HOST_READ_OPS` run while active (forward, backward and
+    the optimiser alike: on the CPU autograd runs them on the calling thread)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in HOST_READ_OPS or (name == "repeat_interleave" and not (kwargs or {}).get("output_size")):
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _sce2tm(adata, preset="paper", **kw):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sctopic.SCE2TM(adata.copy(), seed=0, n_topics=20, preset=preset, **kw)
+
+
+def _fit(adata, preset="paper", epochs=3, **train):
+    m = _sce2tm(adata, preset)
+    m.train(max_epochs=epochs, batch_size=128, progress=False, device="cpu", **train)
+    return m
+
+
+def _close(h1: dict, h2: dict, rtol: float, keys=None) -> None:
+    for k in keys or [k for k in h1 if k not in ("epoch_seconds", "lr", "sinkhorn_iterations", "sinkhorn_error")]:
+        np.testing.assert_allclose(h1[k], h2[k], rtol=rtol, err_msg=k)
+
+
+def test_graph_safe_step_reads_nothing_on_the_host(pbmc_small, monkeypatch):
+    seen: list[HostReads] = []
+    body = static_mod.StaticStep.body
+
+    def watched(self, n_cells, kwargs):
+        with HostReads() as mode:
+            keys = body(self, n_cells, kwargs)
+        seen.append(mode)
+        return keys
+
+    monkeypatch.setattr(static_mod.StaticStep, "body", watched)
+    with pytest.warns(UserWarning, match="needs a CUDA device"):
+        m = _fit(pbmc_small, epochs=2, cuda_graphs=True)  # the paper's preset: ECR from the first step
+    assert m.module.ecr.n_iter == 50 and "ecr" in m.history_
+    assert len(seen) == 12  # 700 cells in minibatches of 128, twice
+    assert [op for mode in seen for op in mode.ops] == []
+    # the detector does see the host reads of the plain solver (its convergence checks)
+    ecr = ECR(20, 100)
+    with HostReads() as mode:
+        ecr(_embeddings_cost(20, 100, seed=10).requires_grad_(True)).backward()
+    assert any("_local_scalar_dense" in op for op in mode.ops)
+
+
+def test_graph_safe_training_tracks_the_plain_step(pbmc_small):
+    # same fixed Sinkhorn count: the graph-safe step differs from the plain one only in how
+    # weights enter (device tensors) and where the losses are summed (on the device)
+    plain = _fit(pbmc_small, sinkhorn_iterations=300)
+    with pytest.warns(UserWarning, match="same graph-safe step runs without capture"):
+        safe = _fit(pbmc_small, sinkhorn_iterations=300, cuda_graphs=True)
+    _close(plain.history_, safe.history_, rtol=1e-5)
+    assert safe.train_settings_["cuda_graphs"] is False and safe.train_settings_["sinkhorn_iterations"] == 300
+    for (k, p1), p2 in zip(plain.module.state_dict().items(), safe.module.state_dict().values()):
+        if p1.is_floating_point():
+            np.testing.assert_allclose(p1.numpy(), p2.numpy(), rtol=1e-3, atol=1e-5, err_msg=k)
+    # ... and with enough iterations it follows the default adaptive solver (tolerance 1e-3)
+    adaptive = _fit(pbmc_small)
+    _close(adaptive.history_, safe.history_, rtol=2e-4)
+    assert max(safe.history_["sinkhorn_error"]) < 1e-5
+    assert "sinkhorn_error" not in adaptive.history_
+
+
+class FakeCapture(static_mod.CUDAGraphStep):
+    """CUDAGraphStep whose 'capture' records the step as a Python callable without running it
+    and whose 'replay' runs it, on the CPU: the bookkeeping of static inputs, signatures,
+    warm-up and weights is that of the real class."""
+
+    instances: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        FakeCapture.instances.append(self)
+
+    def _on_side_stream(self, fn):
+        fn()
+
+    def _capture(self, fn):
+        return fn
+
+
+def test_capture_bookkeeping_replays_the_same_steps(pbmc_small, monkeypatch):
+    # the default preset over 8 epochs: ECR weight 0 for five epochs (the ramp starts at 0),
+    # then 50, 100, 100 (a device tensor filled in place); 6 minibatches an epoch (5 x 128 + 60)
+    with pytest.warns(UserWarning):
+        ref = _fit(pbmc_small, preset="default", epochs=8, cuda_graphs=True)
+    monkeypatch.setattr("sctopic.train.trainer.StaticStep", FakeCapture)
+    FakeCapture.instances.clear()
+    with pytest.warns(UserWarning):
+        got = _fit(pbmc_small, preset="default", epochs=8, cuda_graphs=True)
+    (runner,) = FakeCapture.instances
+    # one graph per signature (ECR off/on x full/last minibatch), captured once it has been
+    # seen more than `warmup` (2) times; replayed with each new minibatch copied in
+    seen = {(k[0][1], next(x[1] for x in k if x[0] == "ecr_weight")): (g.seen, g.replay is not None)
+            for k, g in runner.graphs.items()}
+    assert seen == {(128, "zero"): (25, True), (60, "zero"): (5, True), (128, "weight"): (15, True),
+                    (60, "weight"): (3, True)}
+    assert runner.captures == 4 and runner._weight_values["ecr_weight"] == 100.0
+    assert all(math.isnan(x) for x in ref.history_["ecr"][:5]) and all(map(math.isfinite, ref.history_["ecr"][5:]))
+    for k in ref.history_:
+        if k != "epoch_seconds":
+            np.testing.assert_array_equal(ref.history_[k], got.history_[k], err_msg=k)
+    for p1, p2 in zip(ref.module.state_dict().values(), got.module.state_dict().values()):
+        assert torch.equal(p1, p2)
+    # and both follow the plain step, whose weights are Python numbers
+    plain = _fit(pbmc_small, preset="default", epochs=8, sinkhorn_iterations=50)
+    _close(plain.history_, got.history_, rtol=1e-5)
+
+
+def test_graph_options_are_checked(pbmc_small):
+    m = _sce2tm(pbmc_small)
+    with pytest.raises(InputError, match="dense minibatches"):
+        m.train(max_epochs=1, storage="csr", cuda_graphs=True, progress=False, device="cpu")
+    with pytest.raises(InputError, match="sinkhorn_iterations must be a positive integer"):
+        m.train(max_epochs=1, sinkhorn_iterations=0, progress=False, device="cpu")
+    with pytest.raises(InputError, match="ecr_solve_dtype"):
+        m.train(max_epochs=1, ecr_solve_dtype="half", progress=False, device="cpu")
+    with pytest.raises(InputError, match="onecycle"):
+        m.train(max_epochs=1, optimizer="adam", lr_schedule="onecycle", cuda_graphs=True, progress=False,
+                device="cpu")
+    unrolled = _sce2tm(pbmc_small, ecr_grad="unrolled")
+    with pytest.raises(InputError, match="never reads a device value"):
+        unrolled.train(max_epochs=1, cuda_graphs=True, progress=False, device="cpu")
+    with pytest.raises(InputError, match="needs a CUDA device"):
+        Trainer(torch.nn.Linear(3, 2), cuda_graphs=True)
+
+
+def test_optimizer_options_leave_the_cpu_as_it_was():
+    for name in ("rmsprop", "adam", "adamw"):
+        opt = make_optimizer(name, torch.nn.Linear(3, 2).parameters(), 1e-3, torch.device("cpu"),
+                             fused=True, capturable=True)
+        assert opt.defaults.get("fused") in (None, False) and opt.defaults["foreach"] is None
+        assert not opt.defaults["capturable"] and opt.defaults["lr"] == 1e-3
+
+
+def test_cli_cuda_graphs_on_cpu(tmp_path, pbmc_small):
+    import json
+
+    from sctopic.cli import main
+
+    data = tmp_path / "small.h5ad"
+    pbmc_small.write_h5ad(data)
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="needs a CUDA device"):
+        rc = main(["-q", "fit", str(data), "--out", str(out), "--max-epochs", "1", "--n-topics", "10",
+                   "--device", "cpu", "--cuda-graphs", "--sinkhorn-iterations", "20",
+                   "--ecr-solve-dtype", "float32"])
+    assert rc == 0
+    settings = json.loads((out / "train.json").read_text())["settings"]
+    assert settings["cuda_graphs"] is False and settings["sinkhorn_iterations"] == 20
+    assert settings["ecr_solve_dtype"] == "float32"
+    assert main(["fit", str(data), "--out", str(tmp_path / "x"), "--model", "scetm",
+                 "--sinkhorn-iterations", "5"]) == 2
+
+
+# --------------------------------------------------------------------------- CUDA only
+@cuda
+def test_cuda_fixed_sinkhorn_and_float32_solve_match_the_cpu():
+    C = _embeddings_cost(100, 1287, seed=11)
+    a, b = _uniform(100, 1287)
+    p_cpu = sinkhorn_fixed(C, a, b, n_iter=50)[0]
+    p_gpu = sinkhorn_fixed(C.cuda(), a.cuda(), b.cuda(), n_iter=50)[0].cpu()
+    assert float((p_cpu - p_gpu).abs().sum()) < 1e-5
+    g = {dt: _grads(C.cuda(), p_gpu.cuda(), a.cuda(), b.cuda())[dt].cpu() for dt in ("float64", "float32")}
+    assert float((g["float32"].double() - g["float64"].double()).norm() / g["float64"].double().norm()) < 1e-5
+
+
+@cuda
+def test_cuda_optimizers_are_fused_and_capturable():
+    dev = torch.device("cuda")
+    lin = torch.nn.Linear(3, 2).to(dev)
+    assert make_optimizer("adam", lin.parameters(), 1e-3, dev).defaults["fused"] is True
+    assert make_optimizer("rmsprop", lin.parameters(), 1e-3, dev).defaults["foreach"] is True
+    opt = make_optimizer("adamw", lin.parameters(), 1e-3, dev, capturable=True)
+    assert opt.defaults["capturable"] and torch.is_tensor(opt.param_groups[0]["lr"])
+
+
+def _toy_runs(step_cls, steps=12):
+    """A deterministic module (no noise) trained by ``step_cls`` on CUDA with a cosine schedule."""
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32), torch.nn.Tanh(),
+                                           torch.nn.Linear(32, 4))
+
+        def forward(self, x, y, w=1.0):
+            loss = ((self.lin(x) - y) ** 2).mean()
+            return {"mse": loss, "loss": w * loss}
+
+    mod = Toy().to(dev)
+    opt = make_optimizer("adam", mod.parameters(), 1e-2, dev, capturable=step_cls is not static_mod.StaticStep)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    runner = step_cls(mod, opt, dev)
+    gen = torch.Generator(device=dev).manual_seed(1)
+    means = []
+    for i in range(steps):
+        n = 32 if i % 4 else 20  # two signatures
+        x = torch.randn(n, 16, device=dev, generator=gen)
+        runner(n, {"x": x, "y": x[:, :4].sin(), "w": 1.0 + 0.1 * (i // 4)})
+        sched.step()
+        if i % 4 == 3:
+            sums, cells = runner.epoch_sums()
+            means.append(sums["loss"] / cells)
+    return means, [p.detach().cpu() for p in mod.parameters()], runner
+
+
+@cuda
+def test_cuda_graph_step_matches_the_uncaptured_step():
+    ref, p_ref, _ = _toy_runs(static_mod.StaticStep)
+    got, p_got, runner = _toy_runs(static_mod.CUDAGraphStep)
+    assert runner.captures >= 1
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    for a, b in zip(p_ref, p_got):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@cuda
+def test_cuda_graph_safe_step_never_synchronises(pbmc_small):
+    m = _sce2tm(pbmc_small)
+    m.train(max_epochs=3, batch_size=128, progress=False, device="cuda", cuda_graphs=True)
+    assert m.train_settings_["cuda_graphs"] is True and all(map(math.isfinite, m.history_["loss"]))
+    # one step of the uncaptured graph-safe step under CUDA's sync detector
+    from sctopic.train.trainer import make_optimizer as mk
+
+    mod = m.module.train()
+    opt = mk("rmsprop", mod.parameters(), 1e-3, torch.device("cuda"))
+    step = static_mod.StaticStep(mod, opt, torch.device("cuda"))
+    x = torch.as_tensor(m._X[:256].toarray(), device="cuda", dtype=torch.float32)
+    v = torch.as_tensor(m.external_.matrix[:128], device="cuda", dtype=torch.float32)
+    kw = {"x": x, "v": v, "v_nb": v.flip(0), "ecr_weight": 100.0, "cve_weight": 1.0}
+    step(128, kw)  # warm-up: lazy initialisations may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step(128, kw)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    sums, cells = step.epoch_sums()
+    assert cells == 256 and math.isfinite(sums["loss"])
