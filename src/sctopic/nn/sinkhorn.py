@@ -340,11 +340,10 @@ class TransportCost(torch.autograd.Function):
 
 
 def _solve(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """``A^-1 rhs``. Off the CPU without the error check of :func:`torch.linalg.solve`, which
-    reads the factorisation's status on the host (a sync, and not allowed in a CUDA graph);
-    ``A`` here is regular by construction."""
-    if A.device.type == "cpu":
-        return torch.linalg.solve(A, rhs)
+    """``A^-1 rhs`` by LU, without the error check of :func:`torch.linalg.solve`: on a GPU it
+    reads the factorisation's status on the host (a sync, and not allowed in a CUDA graph).
+    ``A`` here is regular by construction (a singular one would give a non-finite gradient,
+    and with it a non-finite loss, which training reports). The same LAPACK call on the CPU."""
     return torch.linalg.solve_ex(A, rhs)[0]
 
 
