@@ -242,14 +242,36 @@ def _close(h1: dict, h2: dict, rtol: float, keys=None) -> None:
         np.testing.assert_allclose(h1[k], h2[k], rtol=rtol, err_msg=k)
 
 
+def _nested_host_reads(prof) -> list[str]:
+    """``.item()`` calls made inside C++ kernels (the dispatch mode sees only the ops called
+    from Python), from the profiler's event tree. CPU-only checks are left out: LAPACK's
+    ``lu_solve`` kernel checks its pivots' range on the host on the CPU only (on CUDA the
+    solve reads nothing back)."""
+    out = []
+    for e in prof.events():
+        if e.name != "aten::_local_scalar_dense":
+            continue
+        chain, p = [], e.cpu_parent
+        while p is not None:
+            chain.append(p.name)
+            p = p.cpu_parent
+        if "aten::linalg_lu_solve" not in chain:
+            out.append(" < ".join(chain[:4]))
+    return out
+
+
 def test_graph_safe_step_reads_nothing_on_the_host(pbmc_small, monkeypatch):
+    from torch.profiler import ProfilerActivity, profile
+
     seen: list[HostReads] = []
+    nested: list[str] = []
     body = static_mod.StaticStep.body
 
     def watched(self, n_cells, kwargs):
-        with HostReads() as mode:
+        with profile(activities=[ProfilerActivity.CPU]) as prof, HostReads() as mode:
             keys = body(self, n_cells, kwargs)
         seen.append(mode)
+        nested.extend(_nested_host_reads(prof))
         return keys
 
     monkeypatch.setattr(static_mod.StaticStep, "body", watched)
@@ -258,6 +280,7 @@ def test_graph_safe_step_reads_nothing_on_the_host(pbmc_small, monkeypatch):
     assert m.module.ecr.n_iter == 50 and "ecr" in m.history_
     assert len(seen) == 12  # 700 cells in minibatches of 128, twice
     assert [op for mode in seen for op in mode.ops] == []
+    assert nested == []
     # the detector does see the host reads of the plain solver (its convergence checks)
     ecr = ECR(20, 100)
     with HostReads() as mode:
