@@ -470,7 +470,7 @@ def test_cuda_graph_safe_step_never_synchronises(pbmc_small):
     # one step of the uncaptured graph-safe step under CUDA's sync detector
     from sctopic.train.trainer import make_optimizer as mk
 
-    mod = m.module.train()
+    mod = m.module.to("cuda").train()
     opt = mk("rmsprop", mod.parameters(), 1e-3, torch.device("cuda"))
     step = static_mod.StaticStep(mod, opt, torch.device("cuda"))
     x = torch.as_tensor(m._X[:256].toarray(), device="cuda", dtype=torch.float32)

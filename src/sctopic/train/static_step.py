@@ -204,7 +204,11 @@ class CUDAGraphStep(StaticStep):
 
                 def step():
                     entry.keys = self.body(n_cells, {**entry.inputs, **weights})
+                n_acc = len(self.sums)
                 entry.replay = self._capture(step)
+                if len(self.sums) != n_acc:  # created in the graph, it would be zeroed at every replay
+                    raise RuntimeError("a loss term first appeared during a CUDA graph capture; its warm-up "
+                                       "steps must produce the same terms")
                 self.captures += 1
             else:
                 for k, t in tensors.items():
