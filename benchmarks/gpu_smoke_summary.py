@@ -20,9 +20,10 @@ def main(argv=None) -> int:
         s = d.get("settings", {})
         loss = d.get("final_losses", {}).get("loss", float("nan"))
         rows.append([f.stem, s.get("device"), s.get("precision", "32"), s.get("compile", False),
+                     s.get("cuda_graphs", False),
                      json.dumps(d.get("distributed", s.get("distributed", "-"))),
                      f"{d['seconds_per_epoch']:.3f}", f"{d['seconds_total']:.1f}", f"{loss:.4g}"])
-    text = "\n".join(md_table(["run", "device", "precision", "compile", "distributed", "s/epoch",
+    text = "\n".join(md_table(["run", "device", "precision", "compile", "cuda graphs", "distributed", "s/epoch",
                                "seconds total", "final loss"], rows)) + "\n"
     write_text(folder / "smoke.md", text)
     print(text)

@@ -131,6 +131,15 @@ def register(sub) -> None:
                         "(bf16 on GPUs and CPUs with native bf16 units)")
     p.add_argument("--compile", action="store_true",
                    help="run the forward pass through torch.compile (GPUs; dense minibatches)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="capture the whole training step as CUDA graphs (GPUs; dense minibatches, "
+                        "one process; sce2tm then runs a fixed number of Sinkhorn iterations); on "
+                        "another device the same step runs uncaptured, with a warning")
+    p.add_argument("--sinkhorn-iterations", type=positive_int, default=None, metavar="N",
+                   help="sce2tm: exactly N Sinkhorn iterations per step, no convergence check on the "
+                        "host (default: solve to tolerance; 50 with --cuda-graphs)")
+    p.add_argument("--ecr-solve-dtype", choices=("float64", "float32"), default=None,
+                   help="sce2tm: precision of the K x K solve in ECR's gradient (default float64)")
     add_distributed_args(p)
     p.set_defaults(func=run, _parser=p)
 
@@ -145,7 +154,8 @@ def add_distributed_args(p: argparse.ArgumentParser) -> None:
 
 
 SCE2TM_ONLY = {"external_key": None, "ecr_weight": None, "no_cross_view": False, "preset": None,
-               "external_concat": False, "ecr_grad": None, "encoder_input": None}
+               "external_concat": False, "ecr_grad": None, "encoder_input": None,
+               "sinkhorn_iterations": None, "ecr_solve_dtype": None}
 SCETM_ONLY = {"adversarial": False, "gene_sets": None}
 
 
@@ -231,6 +241,12 @@ def fit_and_write(adata, args, out: Path, progress: bool = True, *, command: str
     if getattr(args, "compile", False):
         train["compile"] = True
         train["storage"] = "dense"
+    if getattr(args, "cuda_graphs", False):
+        train["cuda_graphs"] = True
+        train["storage"] = "dense"
+    for key in ("sinkhorn_iterations", "ecr_solve_dtype"):
+        if getattr(args, key, None) is not None:
+            train[key] = getattr(args, key)
     for name in ("lr_schedule", "early_stopping"):  # absent from older callers' namespaces (demo)
         if getattr(args, name, None) is not None:
             train[name] = getattr(args, name)

@@ -17,7 +17,7 @@ from sctopic.external.validate import check_backed_view, view_for_new_cells
 from sctopic.models.base import BaseTopicModel
 from sctopic.models.batches import cross_view_batches, plain_batches
 from sctopic.nn.sce2tm import CVE_LOSSES, RECON_WEIGHTINGS, SCE2TMModule
-from sctopic.nn.sinkhorn import ECR_GRADS
+from sctopic.nn.sinkhorn import ECR_GRADS, SOLVE_DTYPES
 from sctopic.train.lr import check_lr_schedule
 from sctopic.train.plan import Optimisation, TrainingPlan
 from sctopic.train.schedules import Constant, warmup
@@ -25,6 +25,9 @@ from sctopic.utils.random import seeded
 
 #: The learning-rate schedules ``train(lr_schedule=...)`` offers (None: ``"step"``).
 LR_SCHEDULES = ("step", "constant", "cosine", "onecycle")
+#: Sinkhorn iterations per training step with ``cuda_graphs=True`` unless ``sinkhorn_iterations``
+#: says otherwise (warm-started solves of the adaptive solver stop after 5-30 at tol 1e-3)
+GRAPH_SINKHORN_ITERATIONS = 50
 
 #: ``cve_weight="auto"``: the CVE's weight per mean count per cell (100 at ~1,000 counts).
 AUTO_CVE_PER_COUNT = 0.1
@@ -204,6 +207,7 @@ class SCE2TM(BaseTopicModel):
               ecr_warmup: float | None = None, lr_schedule: str | None = None, lr_warmup: float | None = None,
               lr_floor: float = 0.01, early_stopping: bool = False, validation_fraction: float = 0.1,
               check_every: int = 5, patience: int = 3, min_delta: float = 1e-3,
+              sinkhorn_iterations: int | None = None, ecr_solve_dtype: str = "float64",
               **run_options) -> "SCE2TM":
         """Train the model (the paper's schedule: 500 epochs of 512 cells, RMSprop at 1e-3).
 
@@ -238,6 +242,17 @@ class SCE2TM(BaseTopicModel):
             ramped linearly to ``ecr_weight`` over the next ``ecr_warmup`` fraction. ``None``:
             the preset's (``"default"``: 0.5 and 0.25; ``"paper"``: 0 and 0, the full weight from
             the first step).
+        sinkhorn_iterations
+            ``None`` (default): ECR's Sinkhorn solve runs to its tolerance, checking convergence
+            on the host. An integer: exactly that many iterations and no host read, what
+            ``cuda_graphs=True`` needs (it then defaults to
+            :data:`GRAPH_SINKHORN_ITERATIONS`); the history's ``sinkhorn_error`` (the plan's
+            row-marginal L1 error, epoch mean) shows whether the count suffices (the adaptive
+            solver stops below 1e-3).
+        ecr_solve_dtype
+            ``"float64"`` (default) or ``"float32"``: precision of the K x K solve in ECR's
+            implicit gradient (float32 for GPUs with slow float64; see
+            :class:`sctopic.nn.sinkhorn.TransportCost`).
         **run_options
             How the run executes (``device``, ``progress``, ``checkpoint_path``, ``resume``,
             ``distributed``, ``precision``...); see :class:`sctopic.train.plan.RunOptions`.
@@ -264,20 +279,51 @@ class SCE2TM(BaseTopicModel):
             step = None
             opt = Optimisation(optimizer, lr, lr_schedule=None if lr_schedule == "constant" else lr_schedule,
                                lr_warmup=lr_warmup, lr_floor=lr_floor)
+        if sinkhorn_iterations is None and run_options.get("cuda_graphs"):
+            sinkhorn_iterations = GRAPH_SINKHORN_ITERATIONS
+        self._configure_ecr(sinkhorn_iterations, ecr_solve_dtype)
         settings = {"lr_step_epochs": step}
         if ecr_delay or ecr_warmup:  # only then: checkpoints of runs without them stay resumable
             settings.update(ecr_delay=ecr_delay, ecr_warmup=ecr_warmup)
+        if sinkhorn_iterations is not None:  # likewise
+            settings["sinkhorn_iterations"] = int(sinkhorn_iterations)
+        if ecr_solve_dtype != "float64":
+            settings["ecr_solve_dtype"] = ecr_solve_dtype
         plan = TrainingPlan(max_epochs, batch_size, seed, opt,
                             weights={"ecr_weight": warmup(k["ecr_weight"], ecr_warmup, ecr_delay),
                                      "cve_weight": Constant(k.get("cve_weight_value", 1.0))},
                             settings=settings, early_stopping=stopping)
-        ecr = self.module.ecr
-        stats = (lambda: {"sinkhorn_iterations": float(ecr.last_iterations)}) if k["ecr_weight"] > 0 else None
+        stats = self._ecr_stats() if k["ecr_weight"] > 0 else None
         # "w/ EC": the held-out check's encoder needs the held-out cells' external view too
         views = ({"v": self.external_.matrix[self._train_cells]}
                  if stopping is not None and k["external_concat"] else None)
         self._fit(plan, run_options, self._batch_builder(batch_size, seed), stats, eval_views=views)
         return self
+
+    def _configure_ecr(self, sinkhorn_iterations: int | None, solve_dtype: str) -> None:
+        """Set how ECR computes (not what): fixed or adaptive iterations, the solve's precision."""
+        if sinkhorn_iterations is not None and (not isinstance(sinkhorn_iterations, numbers.Integral)
+                                                or isinstance(sinkhorn_iterations, bool) or sinkhorn_iterations < 1):
+            raise InputError(f"sinkhorn_iterations must be a positive integer or None, got {sinkhorn_iterations!r}.")
+        if solve_dtype not in SOLVE_DTYPES:
+            raise InputError(f"ecr_solve_dtype must be one of {SOLVE_DTYPES}, got {solve_dtype!r}.")
+        ecr = self.module.ecr
+        ecr.n_iter = None if sinkhorn_iterations is None else int(sinkhorn_iterations)
+        ecr.solve_dtype = solve_dtype
+
+    def _ecr_stats(self):
+        """Per-step Sinkhorn statistics for the history: the iterations, and with a fixed count
+        the plan's row-marginal error, left a device tensor (the graph-safe step averages it
+        on the device; the plain step reads it)."""
+        ecr = self.module.ecr
+
+        def stats() -> dict:
+            out = {"sinkhorn_iterations": float(ecr.last_iterations)}
+            if ecr.n_iter is not None and torch.is_tensor(ecr.last_error):
+                out["sinkhorn_error"] = ecr.last_error
+            return out
+
+        return stats
 
     def _batch_builder(self, batch_size: int, seed: int):
         cells = self._train_cells

@@ -49,10 +49,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "32"
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context of a training step (a no-op for ``"32"``)."""
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
+    """The autocast context of a training step (a no-op for ``"32"``). ``cache_enabled=False``
+    for steps captured as CUDA graphs (autocast's cache of casted weights must not outlive a
+    capture)."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return contextlib.nullcontext()
 
 

@@ -190,8 +190,8 @@ class SCE2TMModule(TopicModule):
         v: torch.Tensor | None = None,
         v_nb: torch.Tensor | None = None,
         batch: torch.Tensor | None = None,
-        ecr_weight: float = 0.0,
-        cve_weight: float = 1.0,
+        ecr_weight: float | torch.Tensor = 0.0,
+        cve_weight: float | torch.Tensor = 1.0,
     ) -> dict[str, torch.Tensor]:
         """Losses for a minibatch: :meth:`inference` then :meth:`loss`.
 
@@ -209,7 +209,8 @@ class SCE2TMModule(TopicModule):
         batch
             ``(B,)`` batch index per cell when the decoder has intercepts.
         ecr_weight
-            Weight lambda of the ECR term (0 disables the Sinkhorn solve).
+            Weight lambda of the ECR term (0 disables the Sinkhorn solve). A 0-d tensor
+            (the graph-safe training step's weights) always runs it.
         cve_weight
             Weight of the Cross-view Encoder's terms (1 in the paper).
         """
@@ -227,8 +228,8 @@ class SCE2TMModule(TopicModule):
         v: torch.Tensor | None = None,
         v_nb: torch.Tensor | None = None,
         batch: torch.Tensor | None = None,
-        ecr_weight: float = 0.0,
-        cve_weight: float = 1.0,
+        ecr_weight: float | torch.Tensor = 0.0,
+        cve_weight: float | torch.Tensor = 1.0,
     ) -> dict[str, torch.Tensor]:
         """Named loss terms of a minibatch and ``"loss"``, their weighted sum.
 
@@ -246,7 +247,8 @@ class SCE2TMModule(TopicModule):
         recon = self.weigh_cells(self.decoder.nll(x_anchor, theta, beta, batch), x_anchor).mean()
         out = {"reconstruction": recon, "kl": kl}
         loss = recon + kl
-        if ecr_weight > 0:
+        # a tensor weight is never compared on the host (that would be a device sync)
+        if isinstance(ecr_weight, torch.Tensor) or ecr_weight > 0:
             ecr = self.ecr(cost)
             out["ecr"] = ecr
             loss = loss + ecr_weight * ecr

@@ -144,7 +144,7 @@ class SCETMModule(TopicModule):
             disc = F.cross_entropy(self.discriminator(delta.detach()), batch)
             out["discriminator"] = disc
             loss = loss + disc
-            if adv_weight > 0:
+            if isinstance(adv_weight, torch.Tensor) or adv_weight > 0:  # a tensor: never read on the host
                 frozen = {k: p.detach() for k, p in self.discriminator.named_parameters()}
                 confuse = confusion_loss(functional_call(self.discriminator, frozen, (delta,)))
                 out["adversarial"] = confuse

@@ -148,7 +148,7 @@ def make_step_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_s
     w = resolve_warmup(schedule, warmup)
     if schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, _CosineLambda(total_steps, w, floor))
-    lr = optimizer.param_groups[0]["lr"]
+    lr = float(optimizer.param_groups[0]["lr"])  # a number, also when it is a device tensor (CUDA graphs)
     return _ClampedOneCycle(optimizer, max_lr=lr, total_steps=total_steps, pct_start=w,
                             anneal_strategy="cos", div_factor=ONECYCLE_DIV,
                             final_div_factor=ONECYCLE_FINAL_DIV, cycle_momentum=cycle_momentum)

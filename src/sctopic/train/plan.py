@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -44,6 +45,7 @@ from sctopic.train.early_stopping import EarlyStopper, EarlyStopping, HeldOutCel
 from sctopic.train.lr import STEP_SCHEDULES, check_schedule_args
 from sctopic.utils.device import resolve_device
 from sctopic.train.schedules import Schedule
+from sctopic.train.static_step import check_graph_safe
 from sctopic.train.trainer import Trainer
 from sctopic.utils.random import seeded
 
@@ -92,6 +94,17 @@ class RunOptions:
     compile
         Run the forward pass through :func:`torch.compile` (meant for GPUs; dense minibatches
         only; the first steps pay the compilation).
+    cuda_graphs
+        Capture the whole training step (forward, backward, optimiser) as CUDA graphs and
+        replay them (:mod:`sctopic.train.static_step`): the GPU step is no longer bound by
+        kernel launches and host synchronisations. The step must read no device value on the
+        host (SCE2TM then solves Sinkhorn with a fixed number of iterations, see its
+        ``sinkhorn_iterations``); the losses are read once per epoch; minibatches are dense;
+        not with distributed training. On a device other than CUDA the same graph-safe step
+        runs without capture, with a warning.
+    fused_optimizer
+        On CUDA, the fused Adam/AdamW step or the multi-tensor RMSprop step (see
+        :func:`sctopic.train.trainer.make_optimizer`); ignored on the CPU.
     """
 
     device: str | torch.device = "auto"
@@ -107,6 +120,8 @@ class RunOptions:
     pool_blocks: int | None = None
     precision: str = "32"
     compile: bool = False
+    cuda_graphs: bool = False
+    fused_optimizer: bool = True
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> "RunOptions":
@@ -282,11 +297,12 @@ def run_plan(plan: TrainingPlan, options: RunOptions, *, module: torch.nn.Module
         raise InputError("early_stopping is not supported with distributed training yet; train with "
                          "distributed=False, or without early_stopping.")
     dev = resolve_device(options.device if dist.device is None else dist.device)
+    storage, capture = _graph_options(options, plan.optimisation, module, dist, dev)
     X_train, codes_train = X, codes
     if es is not None:
         X_train = X[train_pos]
         codes_train = None if codes is None else np.asarray(codes)[train_pos]
-    data = prepare_data(X_train, codes_train, dev, options.storage, options.compile, options.num_workers,
+    data = prepare_data(X_train, codes_train, dev, storage, options.compile, options.num_workers,
                         options.block_size, options.pool_blocks)
     data.cells = train_pos
     prec = resolve_precision(options.precision, dev)
@@ -309,7 +325,8 @@ def run_plan(plan: TrainingPlan, options: RunOptions, *, module: torch.nn.Module
                       lr_decay=opt.lr_decay, wrapper=ddp, precision=prec, compile=options.compile,
                       reduce_sum=dist.all_reduce_sum if dist.enabled else None,
                       lr_schedule=opt.lr_schedule, lr_warmup=opt.lr_warmup, lr_floor=opt.lr_floor,
-                      total_steps=total_steps, stopper=stopper)
+                      total_steps=total_steps, stopper=stopper, fused_optimizer=options.fused_optimizer,
+                      static_step=options.cuda_graphs, cuda_graphs=capture)
 
     def epoch_batches(epoch: int) -> Iterator[tuple[int, dict]]:
         weights = plan.weights_at(epoch)
@@ -322,6 +339,8 @@ def run_plan(plan: TrainingPlan, options: RunOptions, *, module: torch.nn.Module
     common.update(opt.describe())
     if es is not None:
         common["early_stopping"] = es.describe()
+    if options.cuda_graphs:
+        common["cuda_graphs"] = capture  # False: the graph-safe step ran without capture
     # The fingerprint covers every cell handed over (held-out ones too): the split follows
     # from the seed and the settings.
     ckpt = make_checkpointer(
@@ -349,6 +368,28 @@ def run_plan(plan: TrainingPlan, options: RunOptions, *, module: torch.nn.Module
                           data_fingerprint=dict(ckpt.fingerprint["data"]) if ckpt is not None else None,
                           early_stopping=stopped,
                           heldout=heldout_pos if heldout_pos is not None else np.zeros(0, dtype=np.int64))
+
+
+def _graph_options(options: RunOptions, opt: Optimisation, module: torch.nn.Module, dist: Any,
+                   dev: torch.device) -> tuple[str, bool]:
+    """The minibatch storage and whether to capture CUDA graphs, after checking ``cuda_graphs``
+    (the same checks on every device, so the uncaptured step off CUDA runs what CUDA would)."""
+    if not options.cuda_graphs:
+        return options.storage, False
+    if opt.lr_schedule == "onecycle" and opt.optimizer != "rmsprop":
+        raise InputError(f"lr_schedule='onecycle' cycles {opt.optimizer}'s beta1, which a captured step cannot "
+                         "see; use lr_schedule='cosine' or optimizer='rmsprop' with cuda_graphs.")
+    if dist.enabled:
+        raise InputError("cuda_graphs=True does not support distributed training yet; train in one process "
+                         "(distributed=False), or without cuda_graphs.")
+    if options.storage == "csr":
+        raise InputError("cuda_graphs=True needs dense minibatches (a CUDA graph has fixed shapes, a sparse "
+                         "minibatch does not); pass storage='dense' or 'auto'.")
+    check_graph_safe(module)
+    if dev.type != "cuda":
+        warnings.warn(f"cuda_graphs=True needs a CUDA device; on {dev} the same graph-safe step runs "
+                      "without capture (losses read once per epoch).", UserWarning, stacklevel=3)
+    return "dense", dev.type == "cuda"
 
 
 def _steps_per_epoch(data: TrainingData, batch_size: int, dist: Any) -> int:

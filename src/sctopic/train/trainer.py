@@ -11,11 +11,35 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sctopic.errors import SctopicError
+from sctopic.errors import InputError, SctopicError
 from sctopic.nn.precision import autocast
 from sctopic.train.lr import make_step_scheduler
+from sctopic.train.static_step import CUDAGraphStep, StaticStep, check_graph_safe, finite_or_raise
 
 OPTIMIZERS = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+#: optimisers with a fused CUDA kernel in torch 2.13 (RMSprop has none)
+FUSED = frozenset({"adam", "adamw"})
+
+
+def make_optimizer(name: str, params, lr: float, device: torch.device, fused: bool = True,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """The optimiser ``name`` over ``params``.
+
+    On CUDA with ``fused``: Adam and AdamW run their fused kernel (one launch for all
+    parameters); RMSprop has no fused kernel in torch 2.13, so it runs the multi-tensor
+    (``foreach``) implementation, which torch also picks by default there. ``capturable``
+    (CUDA graphs): the step count and the learning rate live on the device (the rate as a
+    tensor that the schedulers update in place), so a captured step reads their current values.
+    On the CPU both are ignored: torch's defaults, as before.
+    """
+    kwargs: dict = {}
+    if torch.device(device).type == "cuda":
+        if fused:
+            kwargs["fused" if name in FUSED else "foreach"] = True
+        if capturable:
+            kwargs["capturable"] = True
+            lr = torch.tensor(float(lr), dtype=torch.float32, device=device)
+    return OPTIMIZERS[name](params, lr=lr, **kwargs)
 
 
 class TrainingDiverged(SctopicError):
@@ -66,6 +90,19 @@ class Trainer:
     precision
         ``"32"`` or ``"bf16"``: run the forward pass under bfloat16 autocast (see
         :mod:`sctopic.nn.precision`); the backward pass follows the forward's dtypes.
+    fused_optimizer
+        On CUDA, the fused (Adam, AdamW) or multi-tensor (RMSprop) optimiser step (see
+        :func:`make_optimizer`); no effect on the CPU.
+    static_step
+        Run the graph-safe step (:class:`~sctopic.train.static_step.StaticStep`): no host
+        read during a step, the loss terms read once per epoch (a NaN loss is then reported
+        at the end of its epoch).
+    cuda_graphs
+        Capture that step as CUDA graphs and replay them
+        (:class:`~sctopic.train.static_step.CUDAGraphStep`). Needs a CUDA device, a module
+        whose forward pass reads no device value on the host, no ``wrapper`` (DDP), and a
+        schedule that changes only the learning rate (not ``"onecycle"`` with Adam, whose
+        beta1 it cycles).
     """
 
     def __init__(self, module: torch.nn.Module, lr: float = 1e-3, optimizer: str = "rmsprop",
@@ -74,7 +111,8 @@ class Trainer:
                  reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  precision: str = "32", compile: bool = False, lr_schedule: str | None = None,
                  lr_warmup: float | None = None, lr_floor: float = 0.01, total_steps: int | None = None,
-                 stopper: Any = None):
+                 stopper: Any = None, fused_optimizer: bool = True, static_step: bool = False,
+                 cuda_graphs: bool = False):
         if optimizer not in OPTIMIZERS:
             raise SctopicError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
         if lr_step_epochs and lr_decay:
@@ -83,6 +121,17 @@ class Trainer:
             raise SctopicError(f"lr_schedule={lr_schedule!r} replaces lr_step_epochs and lr_decay; leave them off")
         if lr_schedule is not None and not total_steps:
             raise SctopicError("a per-step learning-rate schedule needs the run's total_steps")
+        device = next(module.parameters()).device
+        if cuda_graphs:
+            if lr_schedule == "onecycle" and optimizer != "rmsprop":
+                raise InputError(f"lr_schedule='onecycle' cycles {optimizer}'s beta1, which a captured step "
+                                 "cannot see; use lr_schedule='cosine' or optimizer='rmsprop' with cuda_graphs.")
+            if wrapper is not None:
+                raise InputError("cuda_graphs=True does not support distributed training yet; train in one "
+                                 "process, or without cuda_graphs.")
+            if device.type != "cuda":
+                raise InputError(f"cuda_graphs=True needs a CUDA device; the module is on {device}.")
+            check_graph_safe(module)
         self.module = module
         self.forward = module if wrapper is None else wrapper
         self.precision = precision
@@ -90,7 +139,14 @@ class Trainer:
             # Fuses the step's elementwise work (GPUs; on a CPU it needs a C++ compiler).
             self.forward = torch.compile(self.forward, dynamic=True)
         self.reduce_sum = reduce_sum
-        self.optimizer = OPTIMIZERS[optimizer](module.parameters(), lr=lr)
+        self.capturable = bool(cuda_graphs)
+        self.optimizer = make_optimizer(optimizer, module.parameters(), lr, device, fused=fused_optimizer,
+                                        capturable=self.capturable)
+        self.step_runner: StaticStep | None = None
+        if cuda_graphs:
+            self.step_runner = CUDAGraphStep(self.forward, self.optimizer, device, precision)
+        elif static_step:
+            self.step_runner = StaticStep(self.forward, self.optimizer, device, precision)
         self.scheduler = (
             torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=lr_step_epochs, gamma=lr_gamma)
             if lr_step_epochs else None
@@ -135,9 +191,24 @@ class Trainer:
             self.step_scheduler.load_state_dict(state["step_scheduler"])
         if self.stopper is not None and state.get("early_stopping"):
             self.stopper.load_state_dict(state["early_stopping"])
+        self._restore_lr_type()
         self.epoch = int(state["epoch"])
         self.history = defaultdict(list, {k: [float(x) for x in v]
                                           for k, v in (state.get("history") or {}).items()})
+
+    def _restore_lr_type(self) -> None:
+        """A loaded optimiser state holds the learning rate as saved (a number, or a tensor from
+        a run with CUDA graphs): make it what this trainer's optimiser reads."""
+        for group in self.optimizer.param_groups:
+            for key in ("lr", "initial_lr"):
+                if key not in group:
+                    continue
+                value = group[key]
+                if self.capturable and not isinstance(value, torch.Tensor):
+                    group[key] = torch.tensor(float(value), dtype=torch.float32,
+                                              device=group["params"][0].device)
+                elif not self.capturable and isinstance(value, torch.Tensor):
+                    group[key] = float(value)
 
     def fit(
         self,
@@ -167,6 +238,8 @@ class Trainer:
             iterations).
         """
         step_kwargs = step_kwargs or {}
+        if self.step_runner is not None:
+            self.step_runner.stats = extra_stats
         bar = tqdm(range(self.epoch, max_epochs), disable=not progress, desc="training",
                    unit="epoch", initial=self.epoch, total=max_epochs)
         for epoch in bar:
@@ -174,28 +247,10 @@ class Trainer:
                 break  # resumed from a checkpoint written after the stopping epoch
             self.forward.train()
             t0 = time.perf_counter()
-            sums: dict[str, float] = defaultdict(float)
-            n_seen = 0
-            for n_cells, batch in epoch_batches(epoch):
-                with autocast(next(self.module.parameters()).device, self.precision):
-                    out = self.forward(**batch, **step_kwargs)
-                loss = out["loss"]
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                if self.step_scheduler:
-                    self.step_scheduler.step()
-                vals = {k: float(v.detach()) for k, v in out.items()}
-                if not math.isfinite(vals["loss"]):
-                    raise TrainingDiverged(
-                        f"the loss became {vals['loss']} at epoch {epoch + 1}; lower the learning "
-                        "rate (lr) or check the input for extreme values."
-                    )
-                if extra_stats is not None:
-                    vals.update(extra_stats())
-                for k, v in vals.items():
-                    sums[k] += v * n_cells
-                n_seen += n_cells
+            if self.step_runner is not None:
+                sums, n_seen = self._static_epoch(epoch, epoch_batches(epoch), step_kwargs)
+            else:
+                sums, n_seen = self._eager_epoch(epoch, epoch_batches(epoch), step_kwargs, extra_stats)
             if self.scheduler:
                 self.scheduler.step()
             self.epoch = epoch + 1
@@ -203,7 +258,7 @@ class Trainer:
                 sums, n_seen = self._reduce(sums, n_seen)
             self._record(epoch, {k: v / max(n_seen, 1) for k, v in sums.items()})
             self.history["epoch_seconds"].append(time.perf_counter() - t0)
-            self.history["lr"].append(self.optimizer.param_groups[0]["lr"])
+            self.history["lr"].append(float(self.optimizer.param_groups[0]["lr"]))
             if self.stopper is not None:
                 # before the checkpoint hook, so a checkpoint of this epoch holds its check
                 self.history["heldout_reconstruction"].append(self.stopper(self.epoch))
@@ -214,6 +269,44 @@ class Trainer:
                 break
         bar.close()
         return dict(self.history)
+
+    def _eager_epoch(self, epoch: int, batches: Iterable[tuple[int, dict]], step_kwargs: dict,
+                     extra_stats: Callable[[], dict[str, float]] | None) -> tuple[dict[str, float], int]:
+        """An epoch of plain steps; every step's losses are read on the host (and checked)."""
+        sums: dict[str, float] = defaultdict(float)
+        n_seen = 0
+        for n_cells, batch in batches:
+            with autocast(next(self.module.parameters()).device, self.precision):
+                out = self.forward(**batch, **step_kwargs)
+            loss = out["loss"]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.step_scheduler:
+                self.step_scheduler.step()
+            vals = {k: float(v.detach()) for k, v in out.items()}
+            if not math.isfinite(vals["loss"]):
+                raise TrainingDiverged(
+                    f"the loss became {vals['loss']} at epoch {epoch + 1}; lower the learning "
+                    "rate (lr) or check the input for extreme values."
+                )
+            if extra_stats is not None:
+                vals.update({k: float(v) for k, v in extra_stats().items()})
+            for k, v in vals.items():
+                sums[k] += v * n_cells
+            n_seen += n_cells
+        return sums, n_seen
+
+    def _static_epoch(self, epoch: int, batches: Iterable[tuple[int, dict]],
+                      step_kwargs: dict) -> tuple[dict[str, float], int]:
+        """An epoch of graph-safe steps; the losses are read once, at its end."""
+        for n_cells, batch in batches:
+            self.step_runner(n_cells, {**batch, **step_kwargs})
+            if self.step_scheduler:
+                self.step_scheduler.step()
+        sums, n_seen = self.step_runner.epoch_sums()
+        finite_or_raise({k: v / max(n_seen, 1) for k, v in sums.items()}, epoch, TrainingDiverged)
+        return sums, n_seen
 
     #: history columns appended after the epoch's means, not loss terms
     _APPENDED = frozenset({"epoch_seconds", "lr", "heldout_reconstruction"})
