@@ -5,7 +5,8 @@ On two cores, two ``sctopic bench`` processes with one thread each and disjoint 
 ``--out`` folder (two processes must not share one: each rewrites ``results.csv`` whole). This
 script takes the rows of the lanes (``ok`` rows only, unless ``--all``) and puts them into
 ``TARGET/results.csv``, replacing rows with the same (dataset, method, seed) and keeping every
-other row; then ``sctopic bench CONFIG --out TARGET --report-only`` rewrites the table.
+other row, and copies each taken run's folder (``runs/<dataset>/<method>/seed<k>``, its
+metrics) over the target's; then ``sctopic bench CONFIG --out TARGET --report-only`` rewrites the table.
 
 A lane still running (or killed) keeps its rows in a hidden sibling ``.LANE.sctopic-tmp-*``
 folder; pass that folder to merge the runs it has finished so far.
@@ -17,6 +18,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -38,6 +40,12 @@ def main() -> None:
             df = df[df["status"] == STATUS_OK]
         print(f"{lane}: {len(df)} rows")
         new.append(df)
+        for d, m, k in df[list(KEY_COLUMNS)].itertuples(index=False):
+            src = lane / "runs" / str(d) / str(m) / f"seed{int(k)}"
+            if src.is_dir():
+                dst = args.target / "runs" / str(d) / str(m) / f"seed{int(k)}"
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src, dst)
     new_df = pd.concat(new, ignore_index=True)
     dup = new_df.duplicated(list(KEY_COLUMNS), keep=False)
     if dup.any():
