@@ -40,16 +40,17 @@ def main() -> None:
             df = df[df["status"] == STATUS_OK]
         print(f"{lane}: {len(df)} rows")
         new.append(df)
+    new_df = pd.concat(new, ignore_index=True)
+    dup = new_df.duplicated(list(KEY_COLUMNS), keep=False)
+    if dup.any():
+        raise SystemExit(f"the lanes share runs: {new_df.loc[dup, list(KEY_COLUMNS)].to_dict('records')}")
+    for lane, df in zip(args.lanes, new):  # only after the check: a refused merge changes nothing
         for d, m, k in df[list(KEY_COLUMNS)].itertuples(index=False):
             src = lane / "runs" / str(d) / str(m) / f"seed{int(k)}"
             if src.is_dir():
                 dst = args.target / "runs" / str(d) / str(m) / f"seed{int(k)}"
                 shutil.rmtree(dst, ignore_errors=True)
                 shutil.copytree(src, dst)
-    new_df = pd.concat(new, ignore_index=True)
-    dup = new_df.duplicated(list(KEY_COLUMNS), keep=False)
-    if dup.any():
-        raise SystemExit(f"the lanes share runs: {new_df.loc[dup, list(KEY_COLUMNS)].to_dict('records')}")
     keys = set(map(tuple, new_df[list(KEY_COLUMNS)].astype(str).to_numpy()))
     keep = [tuple(r) not in keys for r in base[list(KEY_COLUMNS)].astype(str).to_numpy()]
     merged = pd.concat([base[keep], new_df], ignore_index=True)
