@@ -29,6 +29,7 @@ arm_options() {
     depth02) echo "preset=default" ;;
     cellw) echo "preset=default recon_weighting=cell" ;;            # every cell weighs the same in the NLL
     log1p_thin) echo "preset=default encoder_input=log1p" ;;        # log1p input and thinning together
+    no_nb) echo "preset=default cve_neighbours=false" ;;            # relational CVE without the unused neighbour rows (issue 20)
     *) echo "unknown arm $1" >&2; return 1 ;;
   esac
 }

@@ -62,3 +62,24 @@ def test_depth_augment_is_checked_and_saved(tmp_path):
     m.save(tmp_path / "m.pt")
     again = sctopic.load_model(tmp_path / "m.pt", adata=adata)
     assert again.module.depth_augment == 0.25
+
+
+def test_thinned_counts_follow_the_binomial_law():
+    """Every entry of a constant-count matrix with one p per row: the kept counts of a row
+    are Binomial(n, p) draws (chi-square against scipy's pmf), for dense and CSR input."""
+    from scipy import stats
+
+    n, rows, cols = 6, 8, 5000
+    x = torch.full((rows, cols), float(n))
+    for layout in ("dense", "csr"):
+        torch.manual_seed(7)
+        t = thin_counts(x if layout == "dense" else x.to_sparse_csr(), 0.2)
+        t = t.to_dense() if layout == "csr" else t
+        torch.manual_seed(7)
+        p = torch.empty(rows).uniform_(0.2, 1.0)  # the fractions thin_counts drew first
+        for r in range(rows):
+            obs = np.bincount(t[r].long().numpy(), minlength=n + 1).astype(float)
+            exp = stats.binom.pmf(np.arange(n + 1), n, float(p[r])) * cols
+            ok = exp >= 5
+            o, e = np.append(obs[ok], obs[~ok].sum()), np.append(exp[ok], exp[~ok].sum())
+            assert stats.chisquare(o[e > 0], e[e > 0]).pvalue > 1e-4, (layout, r)

@@ -110,6 +110,13 @@ class SCE2TM(BaseTopicModel):
     batch_key
         ``adata.obs`` column of batches: per-batch gene intercepts in the decoder,
         ``p = softmax(BN(theta beta) + lambda_b)``. The encoder does not see the batch.
+    cve_neighbours
+        Whether each minibatch carries one sampled graph neighbour per anchor cell (its counts
+        go through the encoder with the anchors') and the two mutual kNN graphs are built. The
+        ``"cluster"`` and ``"neighbour"`` losses need them; the ``"relational"`` loss reads only
+        the anchors, so ``False`` halves the encoder's rows and skips the graphs. ``True`` by
+        default until a quality A/B says otherwise: the neighbour rows also enter the encoder's
+        batch-norm statistics, so ``False`` changes the model, not only its speed.
     seed
         Seed of the initial weights and of the PCA (training has its own ``seed``).
     backed
@@ -128,7 +135,8 @@ class SCE2TM(BaseTopicModel):
                  entropy_weight: float = 5.0, temperature: float = 0.5, n_neighbors: int = 15,
                  batch_key: str | None = None, seed: int = 0, backed: bool = False,
                  preset: str = "default", cve_loss: str | None = None, cve_weight: float | str | None = None,
-                 depth_augment: float | None = None, recon_weighting: str | None = None):
+                 depth_augment: float | None = None, recon_weighting: str | None = None,
+                 cve_neighbours: bool = True):
         self._check_n_topics(n_topics)  # before reading the data: fail fast
         if not (isinstance(ecr_weight, numbers.Real) and ecr_weight >= 0 and np.isfinite(ecr_weight)):
             raise InputError(f"ecr_weight must be a finite number >= 0, got {ecr_weight!r}.")
@@ -140,10 +148,15 @@ class SCE2TM(BaseTopicModel):
         cve_weight = PRESETS[preset]["cve_weight"] if cve_weight is None else cve_weight
         depth_augment = PRESETS[preset]["depth_augment"] if depth_augment is None else depth_augment
         recon_weighting = PRESETS[preset]["recon_weighting"] if recon_weighting is None else recon_weighting
+        if not isinstance(cve_neighbours, (bool, np.bool_)):
+            raise InputError(f"cve_neighbours must be True or False, got {cve_neighbours!r}.")
         if recon_weighting not in RECON_WEIGHTINGS:
             raise InputError(f"recon_weighting must be one of {RECON_WEIGHTINGS}, got {recon_weighting!r}.")
         if cve_loss not in CVE_LOSSES:
             raise InputError(f"cve_loss must be one of {CVE_LOSSES}, got {cve_loss!r}.")
+        if cross_view and not cve_neighbours and cve_loss != "relational":
+            raise InputError(f"cve_loss={cve_loss!r} distills each cell against a sampled graph neighbour, so it needs "
+                             "cve_neighbours=True; only cve_loss='relational' can do without them.")
         if not (cve_weight == "auto" or (isinstance(cve_weight, (int, float)) and not isinstance(cve_weight, bool)
                                          and cve_weight >= 0)):
             raise InputError(f"cve_weight must be a number >= 0 or 'auto', got {cve_weight!r}.")
@@ -179,7 +192,7 @@ class SCE2TM(BaseTopicModel):
             cve_weight_value=AUTO_CVE_PER_COUNT * self.mean_library_ if cve_weight == "auto" else float(cve_weight),
             n_external=0 if self.external_ is None else int(self.external_.matrix.shape[1]),
             depth_augment=float(depth_augment), recon_weighting=recon_weighting,
-            mean_library=float(self.mean_library_),
+            mean_library=float(self.mean_library_), cve_neighbours=bool(cve_neighbours),
         )
         self.graph_stats_: dict[str, dict] = {}
         with seeded(seed):
@@ -327,7 +340,8 @@ class SCE2TM(BaseTopicModel):
 
     def _batch_builder(self, batch_size: int, seed: int):
         cells = self._train_cells
-        if not self._init_kwargs["cross_view"]:
+        # the relational CVE reads only the anchors' view: no neighbour rows, no graphs
+        if not self._init_kwargs["cross_view"] or not self._init_kwargs.get("cve_neighbours", True):
             return plain_batches(batch_size, {} if self.external_ is None else {"v": self.external_.matrix[cells]})
         return cross_view_batches(batch_size, self.external_.matrix[cells],
                                   lambda device, sel: self._graphs(cells if sel is None else cells[sel], seed, device))
