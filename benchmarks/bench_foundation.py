@@ -58,11 +58,14 @@ def _parse_value(v: str):
     return {"true": True, "false": False, "none": None}.get(v.lower(), v)
 
 
-def leiden_seed_aris(embedding: np.ndarray, labels: np.ndarray, n_seeds: int) -> list[float]:
-    """Best-resolution ARI of Leiden seeds ``0..n_seeds-1`` on one k=15 graph of ``embedding``
-    (the graph is built once, with seed 0, as ``cluster_sweep`` builds it)."""
+def sweep_leiden_seeds(embedding: np.ndarray, labels: np.ndarray, n_seeds: int) -> tuple[dict, list[float]]:
+    """``cluster_sweep`` of ``embedding`` with Leiden seed 0, and the best-resolution ARI of
+    seeds ``0..n_seeds-1`` on the same k=15 graph (built once, as ``cluster_sweep`` builds it)."""
     graph = metrics.neighbor_graph(embedding, 15, weights="umap", seed=0)
-    return [float(metrics.cluster_sweep(None, labels, graph=graph, seed=s)["ari_oracle"]) for s in range(n_seeds)]
+    sweep = metrics.cluster_sweep(None, labels, graph=graph, seed=0)
+    aris = [float(sweep["ari_oracle"])]
+    aris += [float(metrics.cluster_sweep(None, labels, graph=graph, seed=s)["ari_oracle"]) for s in range(1, n_seeds)]
+    return sweep, aris
 
 
 def run_one(name: str, epochs: int, seed: int, extra: dict, n_topics: int, save: Path | None = None,
@@ -87,8 +90,7 @@ def run_one(name: str, epochs: int, seed: int, extra: dict, n_topics: int, save:
     labels = adata.obs[ds.label_key].to_numpy()
     sweep = metrics.cluster_sweep(theta, labels, seed=0)
     mu = model.get_cell_topics(logits=True)
-    sweep_mu = metrics.cluster_sweep(mu, labels, seed=0)
-    aris_mu = leiden_seed_aris(mu, labels, leiden_seeds)
+    sweep_mu, aris_mu = sweep_leiden_seeds(mu, labels, leiden_seeds)
     library = go_bp(ds.species)  # TC and ORA against GO BP of the data's species
     hist = model.history
     ep = hist["epoch_seconds"].to_numpy()
