@@ -23,7 +23,8 @@ the same threads (``--threads``, default 2):
 * ``scetm``: the authors' scETM 0.5.0 (``reference/run_scetm.py``, ``envs/scetm``), 800 epochs
   of 2,000 cells, no external view;
 * ``sctopic_sce2tm``: ``sctopic.SCE2TM`` at its defaults (``reference/run_sctopic.py
-  --external-key none --lr-step-epochs -1``): 500 epochs of 512 cells, the default offline
+  --external-key none --lr-step-epochs -1``): the default preset's epochs (200 since
+  2026-12-04, 500 before) of 512 cells, the default offline
   view (50 PCs of log-normalised expression, computed inside the model and counted);
 * ``sctopic_scetm``: ``sctopic.SCETM`` at its defaults (``reference/run_sctopic_scetm.py``):
   800 epochs of 2,000 cells, no external view.
@@ -77,6 +78,8 @@ import numpy as np
 from bench_vs_reference import calibrate, prepare
 from harness import ENVS, REFERENCE, RESULTS, fmt, load1, make_parser, md_table, run_logged, write_json, write_report
 
+from sctopic.models.sce2tm import PRESETS
+
 REFERENCE_NAME = "sce2tm"
 DEFAULT_CHECKPOINTS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SCORE_VERSION = 1  # bump when the scoring changes: cached scores are then recomputed
@@ -105,7 +108,8 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in (
               500, 512, "logits", SVD_VIEW, ("--quiet",)),
     Contender("scetm", "authors' scETM (scetm 0.5.0), its defaults", "scetm", "run_scetm.py",
               800, 2000, "logits", "none"),
-    Contender("sctopic_sce2tm", "sctopic.SCE2TM, its defaults", None, "run_sctopic.py", 500, 512, "logits",
+    Contender("sctopic_sce2tm", "sctopic.SCE2TM, its defaults", None, "run_sctopic.py",
+              PRESETS["default"]["max_epochs"], 512, "logits",
               "SCE2TM's default offline view: 50 PCs of log-normalised expression (computed in the "
               "model: counted)", ("--external-key", "none", "--lr-step-epochs", "-1")),
     Contender("sctopic_scetm", "sctopic.SCETM, its defaults", None, "run_sctopic_scetm.py", 800, 2000,

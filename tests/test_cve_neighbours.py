@@ -43,3 +43,16 @@ def test_cve_neighbours_is_checked():
         sctopic.SCE2TM(adata, n_topics=5, cve_neighbours="no")
     # without the CVE there are no neighbours to drop: accepted
     sctopic.SCE2TM(adata, n_topics=5, cross_view=False, cve_neighbours=False)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({}, False),                                           # the default recipe: no neighbour rows
+    ({"preset": "paper"}, True),                           # the paper's cluster loss reads them
+    ({"cve_loss": "cluster"}, True),                       # a neighbour-reading loss always gets them
+    ({"cve_loss": "neighbour"}, True),
+    ({"preset": "paper", "cve_loss": "relational"}, True),  # the paper preset keeps its batches
+])
+def test_cve_neighbours_none_takes_the_preset_and_the_loss(kwargs, expected):
+    adata = sctopic.datasets.pbmc68k_reduced()
+    m = sctopic.SCE2TM(adata, n_topics=5, n_top_genes=None, **kwargs)
+    assert m.init_params["cve_neighbours"] is expected

@@ -143,7 +143,11 @@ def test_python_and_cli_share_defaults():
     for name, cls in (("sce2tm", sctopic.SCE2TM), ("scetm", sctopic.SCETM)):
         d = model_defaults(name)
         assert d["n_top_genes"] == 5000 and d["n_topics"] == 100
-        assert d["max_epochs"] == {"sce2tm": 500, "scetm": 800}[name]
+        # sce2tm: None, i.e. its preset's epochs (the CLI passes None on, so both get the same)
+        assert d["max_epochs"] == {"sce2tm": None, "scetm": 800}[name]
+    from sctopic.models.sce2tm import PRESETS
+
+    assert PRESETS["default"]["max_epochs"] == 200 and PRESETS["paper"]["max_epochs"] == 500
 
 
 # ---------------------------------------------------------------- a third model in one file

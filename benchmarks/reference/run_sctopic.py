@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     import pandas as pd
 
     import sctopic
+    from sctopic.models.sce2tm import PRESETS
 
     n_cells, n_genes = data["X"].shape
     adata = ad.AnnData(
@@ -100,7 +101,8 @@ def main(argv=None) -> int:
         "precision": args.precision,
         "external_key": model.init_params["external_key"],
         "lr_step_epochs": args.lr_step_epochs,
-        "defaults": {"max_epochs": 500, "batch_size": 512, "note": "SCE2TM.train's defaults"},
+        "defaults": {"max_epochs": PRESETS["default"]["max_epochs"], "batch_size": 512,
+                     "note": "SCE2TM.train's defaults (max_epochs: the default preset's)"},
         "train_seconds": train_seconds,
         "train_call_seconds": train_call_seconds,
         "setup_seconds": t_init + max(0.0, train_call_seconds - train_seconds),

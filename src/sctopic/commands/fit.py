@@ -61,7 +61,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-hvg", type=nonneg_int, default=None,
                    help="highly variable genes to keep (default: the model's n_top_genes, 5000; 0 keeps all)")
     p.add_argument("--max-epochs", type=positive_int, default=None,
-                   help="epochs (default: the model's; 500 for sce2tm, 800 for scetm)")
+                   help="epochs (default: the model's; for sce2tm its preset's, 200 (paper: 500); 800 for scetm)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="cells per minibatch (default: the model's; 512 for sce2tm, 2000 for scetm)")
     p.add_argument("--lr", type=float, default=None,

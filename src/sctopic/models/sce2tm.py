@@ -35,12 +35,13 @@ AUTO_CVE_PER_COUNT = 0.1
 #: Settings each ``preset`` gives to the options left at ``None``. ``"paper"``: the equations
 #: and schedule of Chen et al. as published; ``"default"``: the recipe chosen by the 3-seed A/Bs
 #: on pbmc3k, Kang and Baron in ``benchmarks/results/quality`` (relational cross-view
-#: distillation at a depth-scaled weight, ECR warm-up).
+#: distillation at a depth-scaled weight, ECR warm-up, no sampled neighbour rows:
+#: ``benchmarks/results/quality_nonb``).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"cve_loss": "relational", "cve_weight": "auto", "ecr_delay": 0.5, "ecr_warmup": 0.25,
-                "depth_augment": 0.2, "recon_weighting": "cell"},
+                "depth_augment": 0.2, "recon_weighting": "cell", "cve_neighbours": False, "max_epochs": 200},
     "paper": {"cve_loss": "cluster", "cve_weight": 1.0, "ecr_delay": 0.0, "ecr_warmup": 0.0, "depth_augment": 0.0,
-              "recon_weighting": "count"},
+              "recon_weighting": "count", "cve_neighbours": True, "max_epochs": 500},
 }
 
 
@@ -114,9 +115,10 @@ class SCE2TM(BaseTopicModel):
         Whether each minibatch carries one sampled graph neighbour per anchor cell (its counts
         go through the encoder with the anchors') and the two mutual kNN graphs are built. The
         ``"cluster"`` and ``"neighbour"`` losses need them; the ``"relational"`` loss reads only
-        the anchors, so ``False`` halves the encoder's rows and skips the graphs. ``True`` by
-        default until a quality A/B says otherwise: the neighbour rows also enter the encoder's
-        batch-norm statistics, so ``False`` changes the model, not only its speed.
+        the anchors, so ``False`` halves the encoder's rows and skips the graphs (the neighbour
+        rows also enter the encoder's batch-norm statistics, so the choice changes the model,
+        not only its speed). ``None``: the preset's (default ``False``, paper ``True``), and
+        always ``True`` with the ``"cluster"`` and ``"neighbour"`` losses.
     seed
         Seed of the initial weights and of the PCA (training has its own ``seed``).
     backed
@@ -136,7 +138,7 @@ class SCE2TM(BaseTopicModel):
                  batch_key: str | None = None, seed: int = 0, backed: bool = False,
                  preset: str = "default", cve_loss: str | None = None, cve_weight: float | str | None = None,
                  depth_augment: float | None = None, recon_weighting: str | None = None,
-                 cve_neighbours: bool = True):
+                 cve_neighbours: bool | None = None):
         self._check_n_topics(n_topics)  # before reading the data: fail fast
         if not (isinstance(ecr_weight, numbers.Real) and ecr_weight >= 0 and np.isfinite(ecr_weight)):
             raise InputError(f"ecr_weight must be a finite number >= 0, got {ecr_weight!r}.")
@@ -148,6 +150,8 @@ class SCE2TM(BaseTopicModel):
         cve_weight = PRESETS[preset]["cve_weight"] if cve_weight is None else cve_weight
         depth_augment = PRESETS[preset]["depth_augment"] if depth_augment is None else depth_augment
         recon_weighting = PRESETS[preset]["recon_weighting"] if recon_weighting is None else recon_weighting
+        if cve_neighbours is None:  # the losses that read a sampled neighbour always get one
+            cve_neighbours = PRESETS[preset]["cve_neighbours"] or cve_loss != "relational"
         if not isinstance(cve_neighbours, (bool, np.bool_)):
             raise InputError(f"cve_neighbours must be True or False, got {cve_neighbours!r}.")
         if recon_weighting not in RECON_WEIGHTINGS:
@@ -215,20 +219,24 @@ class SCE2TM(BaseTopicModel):
                 f"preset={k.get('preset', 'paper')!r}, cross_view={k['cross_view']}, ecr_weight={k['ecr_weight']}, "
                 f"batches={self.n_batches}; {state})")
 
-    def train(self, max_epochs: int = 500, batch_size: int = 512, lr: float = 1e-3, seed: int = 0, *,
+    def train(self, max_epochs: int | None = None, batch_size: int = 512, lr: float = 1e-3, seed: int = 0, *,
               lr_step_epochs: int | None = -1, optimizer: str = "rmsprop", ecr_delay: float | None = None,
               ecr_warmup: float | None = None, lr_schedule: str | None = None, lr_warmup: float | None = None,
               lr_floor: float = 0.01, early_stopping: bool = False, validation_fraction: float = 0.1,
               check_every: int = 5, patience: int = 3, min_delta: float = 1e-3,
               sinkhorn_iterations: int | None = None, ecr_solve_dtype: str = "float64",
               **run_options) -> "SCE2TM":
-        """Train the model (the paper's schedule: 500 epochs of 512 cells, RMSprop at 1e-3).
+        """Train the model (the paper's schedule: 500 epochs of 512 cells, RMSprop at 1e-3; the
+        default preset's: 200 epochs).
 
         Parameters
         ----------
         max_epochs, batch_size, lr, seed
             Passes over the cells, cells per minibatch, learning rate, and the seed of minibatch
             order, neighbour sampling and noise (same seed, same model on the same machine).
+            ``max_epochs=None``: the preset's (default 200, at which every 3-seed A/B of the
+            recipe on pbmc3k, Kang and Baron ran, ``benchmarks/results/quality*``; paper 500).
+            The ECR warm-up and the learning-rate halving scale with it.
         lr_step_epochs
             Halve the learning rate every this many epochs; ``-1`` (default): a quarter of
             ``max_epochs`` (the paper halves every 125 of 500); ``None``: constant. Only with
@@ -275,6 +283,7 @@ class SCE2TM(BaseTopicModel):
             raise InputError("this model was loaded from a file, which does not store the external view; "
                              "continuing training is not supported yet: create a new SCE2TM to train.")
         preset = PRESETS[k.get("preset", "paper")]  # files saved before presets: the paper's
+        max_epochs = preset["max_epochs"] if max_epochs is None else max_epochs
         ecr_delay = preset["ecr_delay"] if ecr_delay is None else ecr_delay
         ecr_warmup = preset["ecr_warmup"] if ecr_warmup is None else ecr_warmup
         if not (0 <= ecr_delay and 0 <= ecr_warmup and ecr_delay + ecr_warmup <= 1):
